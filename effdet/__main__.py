@@ -1,0 +1,5 @@
+import sys
+
+from effdet.cli import main
+
+sys.exit(main())

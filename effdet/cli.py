@@ -1,0 +1,253 @@
+"""`effdet <task>`: TAO's efficientdet_tf1 command line, as a thin layer over the task functions.
+
+Flag names and short forms are TAO's (`tao model efficientdet_tf1 <task> …`), so scripts
+written for TAO keep working with the launcher prefix replaced by `effdet`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from effdet import __version__
+from effdet.errors import EffdetError
+from effdet.key import KEY_ENV, resolve_key
+from effdet.log import redact, register_secret, setup_logging
+
+log = logging.getLogger("effdet")
+
+NOT_IMPLEMENTED_EXIT = 2
+
+
+class NotImplementedYet(EffdetError):
+    exit_code = NOT_IMPLEMENTED_EXIT
+
+
+# --- argument groups shared by several tasks ---------------------------------------------
+
+
+def _add_spec(parser: argparse.ArgumentParser, *extra_long: str) -> None:
+    parser.add_argument("-e", "--experiment_spec_file", *extra_long, dest="experiment_spec",
+                        required=True, metavar="SPEC", help="experiment spec file (TAO prototxt)")
+
+
+def _add_key(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("-k", "--key", default=None,
+                        help=f"key {what} (default: the {KEY_ENV} environment variable)")
+
+
+def _add_runtime(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gpu_index", type=int, default=None, metavar="I",
+                        help="index of the GPU to run on (when the machine has several)")
+    _add_logging(parser)
+
+
+def _add_logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log_file", default=None, metavar="FILE",
+                        help="write the log to FILE instead of stderr")
+    # SUPPRESS keeps a --verbose given before the task name from being reset here.
+    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging, and tracebacks on errors (also EFFDET_DEBUG=1)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+# --- tasks -------------------------------------------------------------------------------
+
+
+def _run_dataset_convert(args: argparse.Namespace) -> int:
+    from effdet.data.convert import dataset_convert
+
+    summary = dataset_convert(
+        image_dir=Path(args.image_dir),
+        annotations_file=Path(args.annotations_file),
+        output_dir=Path(args.output_dir),
+        tag=args.tag,
+        num_shards=args.num_shards,
+        include_mask=args.include_mask,
+    )
+    log.info("dataset_convert: %s", summary)
+    return 0
+
+
+def _run_spec(args: argparse.Namespace) -> int:
+    import json
+
+    from effdet.spec import load_spec, path_warnings
+    from effdet.spec.render import render_config
+
+    config = load_spec(args.spec_file)
+    for problem in path_warnings(config):
+        log.warning("%s: %s", args.spec_file, problem)
+    if args.json:
+        print(json.dumps(config.to_dict(), indent=2))
+    else:
+        print(render_config(config))
+    return 0
+
+
+def _not_implemented(task: str, issue: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        if getattr(args, "key", None) is not None or os.environ.get(KEY_ENV):
+            resolve_key(getattr(args, "key", None))
+        raise NotImplementedYet(f"{task} is not implemented yet ({issue})")
+
+    return run
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="effdet",
+        description="EfficientDet (TAO efficientdet_tf1 compatible): "
+        "dataset_convert, train, evaluate, prune, inference, export, gen_trt_engine.",
+    )
+    parser.add_argument("--version", action="version", version=f"effdet {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="debug logging, and tracebacks on errors (also EFFDET_DEBUG=1)")
+    tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+
+    convert = tasks.add_parser(
+        "dataset_convert", aliases=["dataset-convert"],
+        help="COCO json + images → TFRecord shards",
+        description="Convert a COCO-format dataset into TFRecord shards (TAO's keys).")
+    convert.add_argument("-i", "--image_dir", required=True, help="directory of the raw images")
+    convert.add_argument("-a", "--annotations_file", required=True, help="COCO annotation json")
+    convert.add_argument("-o", "--output_dir", required=True, help="where to write the TFRecords")
+    convert.add_argument("-t", "--tag", default=None,
+                         help="shard name prefix (default: the annotation file's name)")
+    convert.add_argument("-s", "--num_shards", type=_positive_int, default=256,
+                         help="number of shards (default 256, never more than images)")
+    convert.add_argument("--include_mask", action="store_true",
+                         help="also write the segmentation masks")
+    _add_logging(convert)
+    convert.set_defaults(run=_run_dataset_convert)
+
+    train = tasks.add_parser("train", help="train a model",
+                             description="Train an EfficientDet model from a spec file.")
+    _add_spec(train)
+    train.add_argument("-d", "--model_dir", required=True, help="folder for checkpoints and logs")
+    _add_key(train, "to encrypt the checkpoints")
+    train.add_argument("--gpus", type=_positive_int, default=1, help="number of GPUs (default 1)")
+    _add_runtime(train)
+    train.set_defaults(run=_not_implemented("train", "issue 4"))
+
+    evaluate = tasks.add_parser("evaluate", help="COCO metrics of a model on the validation set",
+                                description="Evaluate a model with COCO metrics.")
+    _add_spec(evaluate)
+    evaluate.add_argument("-m", "--model_path", required=True, help="the .tlt model to evaluate")
+    _add_key(evaluate, "to decrypt the model")
+    _add_runtime(evaluate)
+    evaluate.set_defaults(run=_not_implemented("evaluate", "issue 4"))
+
+    prune = tasks.add_parser("prune", help="remove filters from a trained model",
+                             description="Structured pruning of a trained model.")
+    prune.add_argument("-m", "--model", required=True, help="the .tlt model to prune")
+    prune.add_argument("-o", "--output_dir", required=True, help="where to write the pruned model")
+    _add_key(prune, "to decrypt and encrypt the model")
+    prune.add_argument("-n", "--normalizer", choices=["max", "L2"], default="max",
+                       help="normalise each layer's filter norms by its max or L2 (default max)")
+    prune.add_argument("-eq", "--equalization_criterion", default="union",
+                       choices=["union", "intersection", "arithmetic_mean", "geometric_mean"],
+                       help="how coupled layers share statistics (default union)")
+    prune.add_argument("-pg", "--pruning_granularity", type=_positive_int, default=8,
+                       help="filters removed at a time (default 8)")
+    prune.add_argument("-pth", "--pruning_threshold", type=float, default=0.1,
+                       help="threshold on normalised norms (default 0.1)")
+    prune.add_argument("-nf", "--min_num_filters", type=_positive_int, default=16,
+                       help="minimum filters kept per layer (default 16)")
+    prune.add_argument("-el", "--excluded_layers", nargs="*", default=[], metavar="LAYER",
+                       help="layers never pruned (default none)")
+    _add_runtime(prune)
+    prune.set_defaults(run=_not_implemented("prune", "issue 6"))
+
+    inference = tasks.add_parser("inference", help="detect objects in a folder of images",
+                                 description="Draw detections and write KITTI labels.")
+    inference.add_argument("-m", "--model_path", required=True,
+                           help="model: .tlt, .onnx, .etlt or TensorRT .engine")
+    inference.add_argument("-i", "--in_image_path", required=True, help="input image directory")
+    inference.add_argument("-o", "--out_image_path", required=True,
+                           help="directory for the annotated images")
+    _add_spec(inference)
+    _add_key(inference, "to decrypt the model (not needed for an engine)")
+    inference.add_argument("-l", "--out_label_path", default=None,
+                           help="directory for KITTI label files")
+    inference.add_argument("--label_map", default=None,
+                           help="text file: line i names class id i+1")
+    _add_runtime(inference)
+    inference.set_defaults(run=_not_implemented("inference", "issue 5"))
+
+    export = tasks.add_parser("export", help="export a model to ONNX and .etlt",
+                              description="Export a trained model for deployment.")
+    export.add_argument("-m", "--model_path", required=True, help="the .tlt model to export")
+    _add_key(export, "to decrypt the model and encrypt the .etlt")
+    _add_spec(export, "--experiment_spec")
+    export.add_argument("-o", "--output_path", default=None, help="the .etlt to write")
+    _add_runtime(export)
+    export.set_defaults(run=_not_implemented("export", "issue 5"))
+
+    engine = tasks.add_parser("gen_trt_engine", aliases=["gen-trt-engine"],
+                              help="build a TensorRT engine from an exported model",
+                              description="Build a TensorRT engine (GPU only).")
+    engine.add_argument("-m", "--model_path", required=True, help="the .onnx or .etlt model")
+    _add_key(engine, "to decrypt the .etlt")
+    engine.add_argument("--engine_file", required=True, help="the engine to write")
+    engine.add_argument("--data_type", choices=["fp32", "fp16", "int8"], default="fp32")
+    engine.add_argument("--cal_image_dir", default=None, help="int8 calibration images")
+    engine.add_argument("--cal_cache_file", default=None, help="int8 calibration cache")
+    engine.add_argument("--batch_size", type=_positive_int, default=1,
+                        help="calibration batch size")
+    engine.add_argument("--batches", type=_positive_int, default=10,
+                        help="calibration batches")
+    engine.add_argument("--max_batch_size", type=_positive_int, default=1)
+    engine.add_argument("--max_workspace_size", type=_positive_int, default=None,
+                        help="builder workspace in bytes")
+    _add_runtime(engine)
+    engine.set_defaults(run=_not_implemented("gen_trt_engine", "issue 5"))
+
+    spec = tasks.add_parser("spec", help="check a spec file and print the resolved configuration",
+                            description="Print every resolved value (defaults marked) or the error.")
+    spec.add_argument("spec_file", help="experiment spec file")
+    spec.add_argument("--json", action="store_true", help="print JSON instead")
+    _add_logging(spec)
+    spec.set_defaults(run=_run_spec)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = args.verbose or os.environ.get("EFFDET_DEBUG") == "1"
+    setup_logging(getattr(args, "log_file", None), verbose=debug)
+    register_secret(os.environ.get(KEY_ENV, ""))
+    register_secret(getattr(args, "key", None) or "")
+    try:
+        return args.run(args)
+    except EffdetError as exc:
+        return _fail(str(exc), exc.exit_code, debug)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130, debug)
+    except Exception as exc:  # an unexpected failure still gets one line unless debugging
+        return _fail(f"{type(exc).__name__}: {exc} (run with --verbose for details)", 1, debug)
+
+
+def _fail(message: str, code: int, debug: bool) -> int:
+    if debug:
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+    print(f"effdet: error: {redact(message)}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Logging set-up shared by every task: one format, optional file, secrets scrubbed."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+LOGGER_NAME = "effdet"
+_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
+_REDACTED = "********"
+
+
+class SecretFilter(logging.Filter):
+    """Replaces registered secrets in every record, whatever handler or formatter runs next.
+
+    A last line of defence: no code path is meant to log the key, but a message built from
+    user input (a path, an exception text) could still carry it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            for secret in self.secrets:
+                message = message.replace(secret, _REDACTED)
+            record.msg, record.args = message, None
+        return True
+
+
+_secret_filter = SecretFilter()
+
+
+def register_secret(value: str) -> None:
+    """Never let `value` reach a log line."""
+    if value:
+        _secret_filter.secrets.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in _secret_filter.secrets:
+        text = text.replace(secret, _REDACTED)
+    return text
+
+
+def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> logging.Logger:
+    """Route the effdet logger to stderr, or to `log_file` (TAO's --log_file) when given."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.addFilter(_secret_filter)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    return logger
