@@ -1,0 +1,1 @@
+"""On-disk formats: encryption, the .tlt and .etlt containers, atomic writes."""
