@@ -174,6 +174,24 @@ def test_levels_forced_to_tao_values(caplog):
     assert d7x.model_config.max_level == 8
 
 
+def test_anchor_scale_defaults_from_the_variant():
+    assert parse_spec("model_config { model_name: 'efficientdet-d7' }").model_config.anchor_scale == 5.0
+    assert parse_spec("model_config { model_name: 'efficientdet-d3' }").model_config.anchor_scale == 4.0
+    explicit = parse_spec("model_config { model_name: 'efficientdet-d7' anchor_scale: 3 }")
+    assert explicit.model_config.anchor_scale == 3.0
+    assert "model_config.anchor_scale" not in explicit.defaulted
+
+
+def test_spec_loading_does_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys; from effdet.spec import load_spec; load_spec(%r); "
+            "print('tensorflow' in sys.modules)" % str(SAMPLE))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_freeze_blocks_literal():
     config = parse_spec('model_config { freeze_blocks: "[0, 1, 1]" freeze_bn: true }')
     assert config.model_config.freeze_blocks == (0, 1)

@@ -20,6 +20,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from effdet.errors import EffdetError
+from effdet.model.variants import get_variant
 from effdet.spec import experiment_pb2
 from effdet.spec.config import (
     AugmentationConfig,
@@ -52,7 +53,6 @@ NO_EFFECT_FIELDS = frozenset(
     }
 )
 
-MODEL_NAME = re.compile(r"^efficientdet[-_]d([0-7]|7x)$")
 IMAGE_SIZE = re.compile(r"^\(?\s*(\d+)\s*(?:,|x|X)\s*(\d+)\s*\)?$")
 
 
@@ -224,14 +224,17 @@ class _Resolver:
             values["freeze_blocks"] = self.freeze_blocks(values["freeze_blocks"])
         if "anchor_scale" in values:
             values["anchor_scale"] = float(values["anchor_scale"])
+        else:  # D7 differs from the others: its default comes from the variant table
+            values["anchor_scale"] = get_variant(values.get("model_name", ModelConfig.model_name)).anchor_scale
+            self.defaulted.add("model_config.anchor_scale")
         self.positive("model_config", values, "anchor_scale", "num_scales")
         return values
 
     def model_name(self, dotted: str, name: str) -> str:
-        match = MODEL_NAME.match(name.strip().lower())
-        if not match:
-            raise self.fail(dotted, f"'{name}' is not one of efficientdet-d0 … efficientdet-d7x")
-        return f"efficientdet-d{match.group(1)}"
+        try:
+            return get_variant(name).name
+        except EffdetError:
+            raise self.fail(dotted, f"'{name}' is not one of efficientdet-d0 … efficientdet-d7x") from None
 
     def literal(self, dotted: str, text: str) -> Any:
         try:
@@ -259,13 +262,14 @@ class _Resolver:
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value]
         if (not isinstance(value, (list, tuple))
-                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 6
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 7
                            for v in value)):
-            raise self.fail(dotted, f"'{text}' must be a list of backbone block indices 0-6")
+            raise self.fail(dotted, f"'{text}' must be a list of backbone block indices 0-7 "
+                                    "(0 the stem, 1-7 the EfficientNet stages)")
         return tuple(sorted(set(value)))
 
     def check_levels(self, model: ModelConfig) -> ModelConfig:
-        expected_max = 8 if model.model_name == "efficientdet-d7x" else 7
+        expected_max = get_variant(model.model_name).max_level
         for name, expected in (("min_level", 3), ("max_level", expected_max)):
             if getattr(model, name) != expected:
                 log.warning("%s: model_config.%s %d is not supported for %s; using %d (as TAO does)",

@@ -1,0 +1,125 @@
+"""Layer construction shared by the backbone, BiFPN and heads.
+
+Every prunable layer is created through `LayerFactory`, which gives it a unique, deterministic
+name and lets a `widths` mapping (layer name -> output channels) override its default width, so a
+pruned model can be rebuilt from a manifest that records each layer's width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import keras
+from keras import layers, ops
+
+BN_MOMENTUM = 0.99
+BN_EPSILON = 1e-3
+FUSION_EPSILON = 1e-4
+
+# EfficientNet's conv initialiser (He-normal over fan-out), as in the reference implementation.
+_CONV_INIT = {"class_name": "VarianceScaling",
+              "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}}
+
+
+class LayerFactory:
+    """Creates named layers, applying width overrides and BatchNorm freezing."""
+
+    def __init__(self, widths: Mapping[str, int] | None = None, freeze_bn: bool = False) -> None:
+        self._widths = dict(widths or {})
+        self._freeze_bn = freeze_bn
+        self._used: set[str] = set()
+
+    def _claim(self, name: str) -> str:
+        if name in self._used:
+            raise ValueError(f"duplicate layer name {name!r}")
+        self._used.add(name)
+        return name
+
+    def width(self, name: str, default: int) -> int:
+        return int(self._widths.get(name, default))
+
+    def unused_widths(self) -> set[str]:
+        """Names in the widths mapping that matched no layer (a stale or foreign manifest)."""
+        return set(self._widths) - self._used
+
+    def conv(self, name: str, filters: int, kernel_size: int = 1, strides: int = 1,
+             use_bias: bool = False, bias_initializer: str | keras.initializers.Initializer = "zeros",
+             fixed_width: bool = False) -> layers.Conv2D:
+        """`fixed_width` for convs whose width is dictated by their consumer, not by `widths`."""
+        width = filters if fixed_width else self.width(name, filters)
+        return layers.Conv2D(width, kernel_size, strides=strides,
+                             padding="same", use_bias=use_bias, kernel_initializer=_CONV_INIT,
+                             bias_initializer=bias_initializer, name=self._claim(name))
+
+    def depthwise(self, name: str, kernel_size: int, strides: int = 1) -> layers.DepthwiseConv2D:
+        return layers.DepthwiseConv2D(kernel_size, strides=strides, padding="same", use_bias=False,
+                                      depthwise_initializer=_CONV_INIT, name=self._claim(name))
+
+    def separable(self, name: str, filters: int, fixed_width: bool = False,
+                  bias_initializer: str | keras.initializers.Initializer = "zeros",
+                  ) -> layers.SeparableConv2D:
+        """3x3 depthwise + 1x1 pointwise with bias; `fixed_width` for prediction layers."""
+        width = filters if fixed_width else self.width(name, filters)
+        return layers.SeparableConv2D(width, 3, padding="same", depth_multiplier=1, use_bias=True,
+                                      depthwise_initializer="variance_scaling",
+                                      pointwise_initializer="variance_scaling",
+                                      bias_initializer=bias_initializer, name=self._claim(name))
+
+    def bn(self, name: str) -> layers.BatchNormalization:
+        return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                         trainable=not self._freeze_bn, name=self._claim(name))
+
+    def swish(self, name: str) -> layers.Activation:
+        return layers.Activation("swish", name=self._claim(name))
+
+    def named(self, name: str) -> str:
+        """Claim a name for a parameter-free layer built by the caller."""
+        return self._claim(name)
+
+
+@keras.saving.register_keras_serializable(package="effdet")
+class FastNormalizedFusion(layers.Layer):
+    """BiFPN fast normalised fusion: sum_i relu(w_i) * x_i / (eps + sum_j relu(w_j))."""
+
+    def __init__(self, epsilon: float = FUSION_EPSILON, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape: Sequence[tuple]) -> None:
+        self.fusion_weights = self.add_weight(name="fusion_weights", shape=(len(input_shape),),
+                                              initializer="ones", trainable=True)
+
+    def call(self, inputs: Sequence) -> keras.KerasTensor:
+        weights = ops.relu(ops.cast(self.fusion_weights, inputs[0].dtype))
+        weights = weights / (ops.sum(weights) + ops.cast(self.epsilon, weights.dtype))
+        fused = inputs[0] * weights[0]
+        for i in range(1, len(inputs)):
+            fused = fused + inputs[i] * weights[i]
+        return fused
+
+    def compute_output_shape(self, input_shape: Sequence[tuple]) -> tuple:
+        return input_shape[0]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="effdet")
+class NearestResize(layers.Layer):
+    """Nearest-neighbour resize to a fixed size, for levels whose sizes are not exact 2x multiples."""
+
+    def __init__(self, height: int, width: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.height = height
+        self.width = width
+
+    def call(self, inputs) -> keras.KerasTensor:
+        resized = ops.image.resize(ops.cast(inputs, "float32"), (self.height, self.width),
+                                   interpolation="nearest")
+        return ops.cast(resized, inputs.dtype)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], self.height, self.width, input_shape[3])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "height": self.height, "width": self.width}
