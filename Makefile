@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(VENV)/bin/snakemake --cores 2 --printshellcmds all
+	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores 2 all
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

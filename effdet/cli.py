@@ -68,7 +68,7 @@ def _positive_int(text: str) -> int:
 def _run_dataset_convert(args: argparse.Namespace) -> int:
     from effdet.data.convert import dataset_convert
 
-    summary = dataset_convert(
+    dataset_convert(
         image_dir=Path(args.image_dir),
         annotations_file=Path(args.annotations_file),
         output_dir=Path(args.output_dir),
@@ -76,7 +76,6 @@ def _run_dataset_convert(args: argparse.Namespace) -> int:
         num_shards=args.num_shards,
         include_mask=args.include_mask,
     )
-    log.info("dataset_convert: %s", summary)
     return 0
 
 

@@ -1,5 +1,3 @@
-import os
-
 import keras
 import numpy as np
 import pytest
@@ -37,15 +35,23 @@ def test_d1_to_d3_params_round_to_paper(name, millions):
     assert round(trainable_params(model) / 1e6, 1) == millions
 
 
-@pytest.mark.skipif(os.environ.get("EFFDET_SLOW") != "1", reason="set EFFDET_SLOW=1")
-@pytest.mark.parametrize("name,millions", [("efficientdet-d4", 20.7), ("efficientdet-d5", 33.7),
-                                           ("efficientdet-d6", 51.9), ("efficientdet-d7", 51.9)])
-def test_d4_to_d7_params_round_to_paper(name, millions):
+# Parameter counts do not depend on the input size, so the large variants are built at 256x256
+# (divisible by 2**8, the stride of D7x's extra P8 level) to keep these tests fast.
+# D4-D7 equal google/automl's counts exactly (its README: 20.7M, 33.7M, 51.9M, 51.9M). For D7x the
+# README says 77.0M, but automl's code (backbone efficientnet-b7, P3-P8, no 1x1 conv where widths
+# already match) gives 77,147,166 = 77.1M; keras_cv_attention_models' D7x, which loads automl's
+# converted checkpoint, has the same count.
+@pytest.mark.parametrize("name,count", [("efficientdet-d4", 20_723_675),
+                                        ("efficientdet-d5", 33_653_315),
+                                        ("efficientdet-d6", 51_871_782),
+                                        ("efficientdet-d7", 51_871_782),
+                                        ("efficientdet-d7x", 77_147_166)])
+def test_d4_to_d7x_trainable_params_equal_reference(name, count):
     variant = get_variant(name)
     config = ModelConfig(model_name=name, anchor_scale=variant.anchor_scale,
                          max_level=variant.max_level)
-    model = build_efficientdet(config, 90, (variant.image_size,) * 2)
-    assert round(trainable_params(model) / 1e6, 1) == millions
+    model = build_efficientdet(config, 90, (256, 256))
+    assert trainable_params(model) == count
 
 
 def test_compound_scaling_rules():

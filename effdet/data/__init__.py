@@ -1,0 +1,1 @@
+"""Datasets: COCO annotations in, TFRecord shards out, and back again."""

@@ -1,0 +1,40 @@
+# Raw data → TFRecord shards (effdet dataset_convert), one rule per step.
+
+
+rule demo_data:
+    output:
+        images=directory("results/{exp}/raw/images"),
+        train="results/{exp}/raw/annotations/train.json",
+        val="results/{exp}/raw/annotations/val.json",
+    params:
+        synthetic=lambda wildcards: dataset_of(wildcards.exp)["synthetic"],
+    log:
+        "logs/{exp}/demo_data.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "python scripts/make_demo_data.py --out results/{wildcards.exp}/raw"
+        " --num-images {params.synthetic[num_images]}"
+        " --size {params.synthetic[width]}x{params.synthetic[height]}"
+        " --seed {params.synthetic[seed]} --val-fraction {params.synthetic[val_fraction]}"
+        " > {log} 2>&1"
+
+
+rule dataset_convert:
+    input:
+        images=raw_images,
+        annotations=raw_annotations,
+    output:
+        directory("results/{exp}/tfrecords/{split}"),
+    params:
+        shards=lambda wildcards: EXPERIMENTS[wildcards.exp].get("num_shards", 8),
+    log:
+        "logs/{exp}/dataset_convert_{split}.log",
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "effdet dataset_convert -i {input.images} -a {input.annotations} -o {output}"
+        " -t {wildcards.split} -s {params.shards} --log_file {log}"
