@@ -79,6 +79,15 @@ def _run_dataset_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_train(args: argparse.Namespace) -> int:
+    from effdet.tasks.train import train
+
+    key = resolve_key(args.key)
+    train(Path(args.experiment_spec), Path(args.model_dir), key, gpus=args.gpus,
+          gpu_index=args.gpu_index)
+    return 0
+
+
 def _run_spec(args: argparse.Namespace) -> int:
     import json
 
@@ -92,6 +101,15 @@ def _run_spec(args: argparse.Namespace) -> int:
         print(json.dumps(config.to_dict(), indent=2))
     else:
         print(render_config(config))
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from effdet.tasks.evaluate import evaluate
+
+    key = resolve_key(args.key)
+    evaluate(Path(args.experiment_spec), Path(args.model_path), key,
+             output_dir=Path(args.output_dir) if args.output_dir else None)
     return 0
 
 
@@ -141,15 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_key(train, "to encrypt the checkpoints")
     train.add_argument("--gpus", type=_positive_int, default=1, help="number of GPUs (default 1)")
     _add_runtime(train)
-    train.set_defaults(run=_not_implemented("train", "issue 4"))
+    train.set_defaults(run=_run_train)
 
     evaluate = tasks.add_parser("evaluate", help="COCO metrics of a model on the validation set",
                                 description="Evaluate a model with COCO metrics.")
     _add_spec(evaluate)
     evaluate.add_argument("-m", "--model_path", required=True, help="the .tlt model to evaluate")
     _add_key(evaluate, "to decrypt the model")
+    evaluate.add_argument("-o", "--output_dir", default=None,
+                          help="where to write metrics.json (default: the model's directory)")
     _add_runtime(evaluate)
-    evaluate.set_defaults(run=_not_implemented("evaluate", "issue 4"))
+    evaluate.set_defaults(run=_run_evaluate)
 
     prune = tasks.add_parser("prune", help="remove filters from a trained model",
                              description="Structured pruning of a trained model.")

@@ -73,8 +73,6 @@ def test_prune_defaults_are_the_seeds():
 
 
 @pytest.mark.parametrize("task_args", [
-    ["train", "-e", "config/specs/tiny.txt", "-d", "out"],
-    ["evaluate", "-e", "config/specs/tiny.txt", "-m", "m.tlt"],
     ["prune", "-m", "m.tlt", "-o", "out"],
     ["inference", "-e", "config/specs/tiny.txt", "-m", "m.tlt", "-i", "in", "-o", "out"],
     ["export", "-e", "config/specs/tiny.txt", "-m", "m.tlt", "-o", "m.etlt"],

@@ -27,18 +27,9 @@ def tiny_architecture(num_classes=5):
 def test_round_trip_rebuilds_and_prefers_ema(tmp_path):
     arch = tiny_architecture()
     model = arch.build()
-    ema = [np.full(w.shape, 0.5, dtype=np.float32) for w in model.weights]
-
-    class Ema:
-        def __init__(self, variable, value):
-            self.path, self.value = variable.path, value
-
-        def __array__(self, dtype=None, copy=None):
-            return self.value
-
+    ema = {w.path: np.full(w.shape, 0.5, dtype=np.float32) for w in model.weights}
     path = tmp_path / "m.tlt"
-    save_model(path, KEY, arch, model, manifest={"epoch": 2},
-               ema_variables=[Ema(w, v) for w, v in zip(model.weights, ema)])
+    save_model(path, KEY, arch, model, manifest={"epoch": 2}, ema=ema)
     loaded = load_model(path, KEY)
     assert loaded.manifest["epoch"] == 2
     assert loaded.architecture == arch
@@ -46,8 +37,7 @@ def test_round_trip_rebuilds_and_prefers_ema(tmp_path):
     raw = load_model(path, KEY, use_ema=False)
     for a, b in zip(raw.model.weights, model.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    save_model(tmp_path / "again.tlt", KEY, arch, model, manifest={"epoch": 2},
-               ema_variables=[Ema(w, v) for w, v in zip(model.weights, ema)])
+    save_model(tmp_path / "again.tlt", KEY, arch, model, manifest={"epoch": 2}, ema=ema)
     assert (tmp_path / "again.tlt").read_bytes() == path.read_bytes()
 
 

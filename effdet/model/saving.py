@@ -75,16 +75,22 @@ class Architecture:
                    config.dataset_config.image_size, variant, widths)
 
 
-def variables_to_members(group: str, variables: Iterable[Any]) -> dict[str, bytes]:
+def arrays_to_members(group: str, arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
     members: dict[str, bytes] = {}
-    for variable in variables:
-        if f"{group}/{variable.path}.npy" in members:
-            raise EffdetError(f"two model variables share the path {variable.path!r}")
+    for name, array in arrays.items():
         buffer = io.BytesIO()
-        np.lib.format.write_array(buffer, np.asarray(keras.ops.convert_to_numpy(variable)),
-                                  allow_pickle=False)
-        members[f"{group}/{variable.path}.npy"] = buffer.getvalue()
+        np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+        members[f"{group}/{name}.npy"] = buffer.getvalue()
     return members
+
+
+def variables_to_members(group: str, variables: Iterable[Any]) -> dict[str, bytes]:
+    arrays: dict[str, np.ndarray] = {}
+    for variable in variables:
+        if variable.path in arrays:
+            raise EffdetError(f"two model variables share the path {variable.path!r}")
+        arrays[variable.path] = keras.ops.convert_to_numpy(variable)
+    return arrays_to_members(group, arrays)
 
 
 def members_to_arrays(group: str, members: Mapping[str, bytes]) -> dict[str, np.ndarray]:
@@ -123,12 +129,15 @@ def assign_arrays(variables: Iterable[Any], arrays: Mapping[str, np.ndarray], so
 
 
 def save_model(path: str | Path, key: str, architecture: Architecture, model: keras.Model, *,
-               manifest: Mapping[str, Any], ema_variables: Iterable[Any] | None = None,
+               manifest: Mapping[str, Any], ema: Mapping[str, np.ndarray] | None = None,
                extra_members: Mapping[str, bytes] | None = None) -> None:
-    """Write an encrypted .tlt atomically: manifest (+ architecture), weights, EMA, extras."""
+    """Write an encrypted .tlt atomically: manifest (+ architecture), weights, EMA, extras.
+
+    `ema` maps model variable paths to their moving averages.
+    """
     members = variables_to_members(WEIGHTS, model.weights)
-    if ema_variables is not None:
-        members.update(variables_to_members(EMA, ema_variables))
+    if ema is not None:
+        members.update(arrays_to_members(EMA, ema))
     members.update(extra_members or {})
     full_manifest = {**manifest, "architecture": architecture.to_manifest()}
     write_tlt(path, TltContents(full_manifest, members), key)

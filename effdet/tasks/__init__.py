@@ -1,0 +1,1 @@
+"""The tasks behind the command line: one module per `effdet <task>`."""

@@ -1,0 +1,155 @@
+"""`effdet evaluate`: COCO metrics of a .tlt model on the validation set, written to metrics.json.
+
+Detection for metrics follows TAO/automl's evaluation rather than eval_config.min_score_thresh
+(which is meant for drawing/inference): no score floor (METRIC_MIN_SCORE) and at most
+eval_config.max_detections_per_image boxes per image after Gaussian soft-NMS — a score floor
+would cut the low-confidence tail of the precision/recall curve and understate AP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from effdet.anchors import anchors_for
+from effdet.coco_metrics import coco_metrics, format_metrics, json_ready
+from effdet.data.pipeline import eval_dataset
+from effdet.errors import EffdetError
+from effdet.formats.atomic import atomic_write_bytes
+from effdet.model.saving import Architecture, load_model
+from effdet.postprocess import postprocess
+from effdet.spec import load_spec
+from effdet.spec.config import ExperimentConfig
+
+log = logging.getLogger("effdet")
+
+METRIC_MIN_SCORE = 0.0
+METRICS_FILE = "metrics.json"
+
+Detector = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]
+
+
+@dataclass(frozen=True)
+class Detections:
+    rows: np.ndarray  # [N, 7] float64: image_id, x, y, w, h (original pixels), score, category_id
+    image_ids: list[int]  # every image run, including those without detections
+
+
+def evaluate(experiment_spec: str | Path, model_path: str | Path, key: str, *,
+             output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate the .tlt at `model_path` (EMA weights) and write `output_dir`/metrics.json.
+
+    output_dir defaults to the model's directory. Returns what metrics.json holds.
+    """
+    model_path = Path(model_path)
+    config = load_spec(experiment_spec)
+    loaded = load_model(model_path, key)
+    metrics = evaluate_model(loaded.model, loaded.architecture, config)
+    report = {**metrics, "model_path": str(model_path), "epoch": loaded.manifest.get("epoch")}
+    target = Path(output_dir if output_dir is not None else model_path.parent) / METRICS_FILE
+    atomic_write_bytes(target, (json.dumps(json_ready(report), indent=2) + "\n").encode())
+    log.info("wrote %s", target)
+    return report
+
+
+def evaluate_model(model: keras.Model, architecture: Architecture, config: ExperimentConfig, *,
+                   dataset: tf.data.Dataset | None = None) -> dict[str, Any]:
+    """COCO metrics of an in-memory model (e.g. the EMA model during training), logged as a table.
+
+    `dataset` replaces the validation pipeline: (images, meta) batches as `eval_dataset`
+    yields them. Returns the twelve COCO numbers, "per_class_AP" and "num_images".
+    """
+    config = _with_model_geometry(config, architecture)
+    if dataset is None:
+        dataset = eval_dataset(config, batch_size=config.eval_config.eval_batch_size,
+                               limit=config.eval_config.eval_samples)
+    detections = run_detection(model, architecture, dataset,
+                               max_detections=config.eval_config.max_detections_per_image)
+    if not detections.image_ids:
+        raise EffdetError(f"{config.dataset_config.validation_file_pattern}: no validation images "
+                          "to evaluate")
+    metrics = coco_metrics(config.dataset_config.validation_json_file, detections.rows,
+                           image_ids=detections.image_ids)
+    metrics["num_images"] = len(detections.image_ids)
+    log.info("COCO metrics on %d images:\n%s", metrics["num_images"], format_metrics(metrics))
+    return metrics
+
+
+def run_detection(model: keras.Model, architecture: Architecture, dataset: Iterable[Any], *,
+                  max_detections: int = 100,
+                  min_score: float = METRIC_MIN_SCORE) -> Detections:
+    """Run the model over (images, meta) batches; detections as COCO rows in original pixels."""
+    detect = make_detector(model, architecture, max_detections=max_detections,
+                           min_score=min_score)
+    rows, image_ids = [], []
+    for images, meta in dataset:
+        outputs = detect(images, meta["image_scale"], meta["original_size"])
+        source_ids = np.asarray(meta["source_id"]).astype(np.int64)
+        rows.append(detection_rows(source_ids, {k: v.numpy() for k, v in outputs.items()}))
+        image_ids.extend(int(i) for i in source_ids)
+    all_rows = np.concatenate(rows) if rows else np.zeros((0, 7))
+    return Detections(all_rows, image_ids)
+
+
+def make_detector(model: keras.Model, architecture: Architecture, *, max_detections: int,
+                  min_score: float) -> Detector:
+    """One compiled graph: network forward + post-processing to original-image boxes.
+
+    detect(images [B,H,W,3], image_scale [B] resized/original, original_size [B,2] (h, w)).
+    """
+    anchors = anchors_for(architecture.model_config, architecture.image_size)
+
+    @tf.function(reduce_retracing=True)  # the last, smaller batch must not retrace for good
+    def detect(images: tf.Tensor, image_scale: tf.Tensor,
+               original_size: tf.Tensor) -> dict[str, tf.Tensor]:
+        class_outputs, box_outputs = model(images, training=False)
+        # postprocess multiplies by original/network-input, the inverse of the pipeline's scale.
+        return postprocess(class_outputs, box_outputs, anchors, architecture.head_classes,
+                           max_detections=max_detections, min_score=min_score,
+                           nms_method="gaussian",
+                           image_scales=1.0 / tf.cast(image_scale, tf.float32),
+                           image_sizes=original_size)
+
+    return detect
+
+
+def detection_rows(source_ids: np.ndarray, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """postprocess outputs (boxes already in original pixels) → [N, 7] COCO result rows."""
+    rows = []
+    for b, image_id in enumerate(source_ids):
+        n = int(outputs["num_detections"][b, 0])
+        boxes = yxyx_to_xywh(outputs["detection_boxes"][b, :n])
+        rows.append(np.column_stack([
+            np.full(n, image_id, dtype=np.float64), boxes,
+            outputs["detection_scores"][b, :n], outputs["detection_classes"][b, :n]]))
+    return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, 7))
+
+
+def yxyx_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """[..., 4] [ymin, xmin, ymax, xmax] → COCO [x, y, width, height] (no +1: continuous pixels)."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    ymin, xmin, ymax, xmax = np.moveaxis(boxes, -1, 0)
+    return np.stack([xmin, ymin, xmax - xmin, ymax - ymin], axis=-1)
+
+
+def _with_model_geometry(config: ExperimentConfig, architecture: Architecture) -> ExperimentConfig:
+    """The spec with the model's input size and anchors: the network fixes both."""
+    dataset_config = config.dataset_config
+    if dataset_config.image_size != architecture.image_size:
+        log.warning("spec image_size %s differs from the model's %s; evaluating at the model's",
+                    dataset_config.image_size, architecture.image_size)
+    if dataset_config.num_classes != architecture.num_classes:
+        log.warning("spec num_classes %d differs from the model's %d",
+                    dataset_config.num_classes, architecture.num_classes)
+    return dataclasses.replace(
+        config, model_config=architecture.model_config,
+        dataset_config=dataclasses.replace(dataset_config, image_size=architecture.image_size))

@@ -1,0 +1,371 @@
+"""`effdet train`: every training_config field, epoch checkpoints that resume, periodic eval.
+
+A rerun of the same command continues from the newest `model.epoch-<E>.tlt` in the model
+directory: weights, optimizer and EMA state and the step come from the checkpoint, and the
+input stream is a pure function of (seed, image index), so it restarts at the same image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from effdet.anchors import anchors_for
+from effdet.errors import EffdetError
+from effdet.coco_metrics import json_ready
+from effdet.formats.atomic import atomic_write_bytes
+from effdet.formats.tlt import read_tlt
+from effdet.losses import detection_loss
+from effdet.model.saving import (
+    EMA, OPTIMIZER, WEIGHTS, Architecture, arrays_to_members, assign_arrays, members_to_arrays,
+    save_model,
+)
+from effdet.model.variants import Variant, get_variant
+from effdet.spec import ExperimentConfig, load_spec
+from effdet.training.checkpoints import FINAL, checkpoint_path, checkpoints, rotate
+from effdet.training.ema import WeightAverage
+from effdet.training.regularization import decayed_kernels, weight_decay
+from effdet.training.schedule import WarmupCosine
+from effdet.training.strategy import is_chief, make_strategy
+
+log = logging.getLogger("effdet")
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The step arithmetic that epochs, warm-up, checkpoints and stopping share."""
+
+    per_epoch: int
+    total: int  # the LR schedule ends here (num_epochs)
+    stop: int  # training stops here (stop_at_epoch, when set)
+    warmup: int
+
+    @classmethod
+    def of(cls, config: ExperimentConfig, global_batch: int) -> Steps:
+        training = config.training_config
+        per_epoch = max(1, training.num_examples_per_epoch // global_batch)
+        total = per_epoch * training.num_epochs
+        stop_epoch = training.stop_at_epoch or training.num_epochs
+        return cls(per_epoch, total, per_epoch * min(stop_epoch, training.num_epochs),
+                   int(round(training.lr_warmup_epoch * per_epoch)))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_path: Path
+    step: int
+    epoch: int
+    resumed_from: Path | None
+    last_losses: dict[str, float]
+
+
+def train(experiment_spec: Path, model_dir: Path, key: str, *, gpus: int = 1,
+          gpu_index: int | None = None, variant: Variant | None = None) -> TrainResult:
+    """Train (or continue training) the experiment in `experiment_spec` into `model_dir`.
+
+    `variant` overrides the architecture table entry (tests use tiny networks).
+    """
+    config = load_spec(experiment_spec)
+    return Trainer(config, Path(model_dir), key, gpus=gpus, gpu_index=gpu_index,
+                   variant=variant).run()
+
+
+class Trainer:
+    def __init__(self, config: ExperimentConfig, model_dir: Path, key: str, *, gpus: int,
+                 gpu_index: int | None, variant: Variant | None):
+        self.config = config
+        self.training = config.training_config
+        self.model_dir = model_dir
+        self.key = key
+        self.strategy = make_strategy(gpus, gpu_index)
+        self.chief = is_chief(self.strategy)
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.global_batch = self.training.train_batch_size * self.replicas
+        self.steps = Steps.of(config, self.global_batch)
+        self.variant = variant or get_variant(config.model_config.model_name)
+
+    # --- set-up -----------------------------------------------------------------------------
+
+    def architecture(self) -> Architecture:
+        widths = None
+        if self.training.pruned_model_path:
+            manifest = read_tlt(self.training.pruned_model_path, self.key).manifest
+            if "architecture" not in manifest:
+                raise EffdetError(f"{self.training.pruned_model_path}: not an effdet model")
+            pruned = Architecture.from_manifest(manifest["architecture"])
+            widths = pruned.widths
+            self.variant = pruned.variant
+        return Architecture.from_config(self.config, self.variant, widths)
+
+    def build(self, architecture: Architecture) -> None:
+        seed = self.training.tf_random_seed
+        keras.utils.set_random_seed(seed)
+        tf.config.experimental.enable_op_determinism()
+        if self.training.amp:
+            gpu = bool(tf.config.list_logical_devices("GPU"))
+            keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
+        with self.strategy.scope():
+            self.model = architecture.build()
+            schedule = WarmupCosine(self.training.learning_rate, self.training.lr_warmup_init,
+                                    self.steps.warmup, self.steps.total)
+            optimizer = keras.optimizers.SGD(
+                learning_rate=schedule, momentum=self.training.momentum,
+                global_clipnorm=self.training.clip_gradients_norm or None)
+            if keras.mixed_precision.global_policy().name == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            self.optimizer = optimizer
+            self.optimizer.build(self.model.trainable_variables)
+            decay = self.training.moving_average_decay
+            self.ema = WeightAverage(self.model.weights, decay) if decay > 0 else None
+        self.schedule = schedule
+        self.kernels = decayed_kernels(self.model.trainable_variables)
+
+    def restore(self) -> tuple[Path | None, int]:
+        """Resume from the newest checkpoint, else start from `checkpoint` (transfer)."""
+        found = checkpoints(self.model_dir)
+        if found:
+            epoch, path = found[-1]
+            contents = read_tlt(path, self.key)
+            assign_arrays(self.model.weights, members_to_arrays(WEIGHTS, contents.members), str(path))
+            if self.ema is not None and any(m.startswith(f"{EMA}/") for m in contents.members):
+                self.ema.load(members_to_arrays(EMA, contents.members))
+            self._load_optimizer(members_to_arrays(OPTIMIZER, contents.members), path)
+            step = int(contents.manifest["step"])
+            log.info("resuming from %s (epoch %d, step %d)", path, epoch, step)
+            return path, step
+        if self.training.checkpoint:
+            self._transfer(Path(self.training.checkpoint))
+        return None, 0
+
+    def _load_optimizer(self, arrays: dict[str, np.ndarray], source: Path) -> None:
+        variables = self.optimizer.variables
+        if len(arrays) != len(variables):
+            raise EffdetError(f"{source}: optimizer state has {len(arrays)} variables, "
+                              f"expected {len(variables)} (was the spec changed?)")
+        for index, variable in enumerate(variables):
+            variable.assign(arrays[f"{index:05d}"])
+
+    def _transfer(self, path: Path) -> None:
+        contents = read_tlt(path, self.key)
+        group = EMA if any(m.startswith(f"{EMA}/") for m in contents.members) else WEIGHTS
+        pattern = self.training.skip_checkpoint_variables
+        skip = re.compile(pattern) if pattern else None
+        loaded = assign_arrays(self.model.weights, members_to_arrays(group, contents.members),
+                               str(path), skip=skip, require_all=False)
+        if self.ema is not None:
+            self.ema.load({v.path: v.numpy() for v in self.model.weights})
+        log.info("initialised %d of %d variables from %s%s", len(loaded), len(self.model.weights),
+                 path, f" (skipping /{pattern}/)" if pattern else "")
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def make_step_fn(self):
+        levels = list(range(self.config.model_config.min_level,
+                            self.config.model_config.max_level + 1))
+        head_classes = self.config.dataset_config.num_classes - 1
+        l2, l1 = self.training.l2_weight_decay, self.training.l1_weight_decay
+        scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+
+        def step_fn(images, labels):
+            with tf.GradientTape() as tape:
+                class_out, box_out = self.model(images, training=True)
+                losses = detection_loss(class_out, box_out, labels, levels, head_classes)
+                decay = weight_decay(self.kernels, l2, l1) if (l2 or l1) else tf.constant(0.0)
+                total = losses["total_loss"] + decay
+                loss = total / self.replicas
+                if scaled:
+                    loss = self.optimizer.scale_loss(loss)
+            variables = self.model.trainable_variables
+            gradients = tape.gradient(loss, variables)
+            self.optimizer.apply(gradients, variables)
+            if self.ema is not None:
+                self.ema.update(self.optimizer.iterations)
+            return {"det_loss": losses["total_loss"], "cls_loss": losses["cls_loss"],
+                    "box_loss": losses["box_loss"], "reg_loss": decay, "total_loss": total}
+
+        return step_fn
+
+    def make_loop(self):
+        step_fn = self.make_step_fn()
+
+        names = ("det_loss", "cls_loss", "box_loss", "reg_loss", "total_loss")
+
+        def run_steps(iterator, count):
+            result = {name: tf.constant(0.0) for name in names}
+            for _ in tf.range(count):
+                per_replica = self.strategy.run(step_fn, args=next(iterator))
+                result = {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+                          for k, v in per_replica.items()}
+            return result
+
+        return tf.function(run_steps, jit_compile=self.training.use_xla or None,
+                           reduce_retracing=True)
+
+    def dataset(self, start_step: int):
+        from effdet.data.pipeline import train_dataset
+
+        anchors = anchors_for(self.config.model_config, self.config.dataset_config.image_size)
+
+        def make(input_context: tf.distribute.InputContext):
+            per_replica = input_context.get_per_replica_batch_size(self.global_batch)
+            return train_dataset(self.config, anchors, batch_size=per_replica,
+                                 start_step=start_step, input_context=input_context)
+
+        return self.strategy.distribute_datasets_from_function(make)
+
+    def run(self) -> TrainResult:
+        previous_policy = keras.mixed_precision.global_policy()
+        try:
+            return self._run()
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
+
+    def _run(self) -> TrainResult:
+        if self.chief:
+            self.model_dir.mkdir(parents=True, exist_ok=True)
+        self.arch = self.architecture()
+        self.build(self.arch)
+        resumed_from, step = self.restore()
+        loop = self.make_loop()
+        iterator = iter(self.dataset(step))
+        writer = tf.summary.create_file_writer(str(self.model_dir / "logs")) if self.chief else None
+        log.info("training %s: %d steps/epoch, %d epochs, global batch %d on %d replica(s)",
+                 self.variant.name, self.steps.per_epoch, self.training.num_epochs,
+                 self.global_batch, self.replicas)
+        losses: dict[str, float] = {}
+        images_done, seconds = 0, 0.0  # since the last report, for a current images/s
+        while step < self.steps.stop:
+            to_boundary = self.steps.per_epoch - step % self.steps.per_epoch
+            count = min(self.training.iterations_per_loop, to_boundary, self.steps.stop - step)
+            started = time.perf_counter()
+            result = loop(iterator, tf.constant(count))
+            losses = {k: float(v) for k, v in result.items()}
+            elapsed = time.perf_counter() - started
+            previous, step = step, step + count
+            if step > self.training.profile_skip_steps:  # warm-up (tracing) is not throughput
+                images_done += count * self.global_batch
+                seconds += elapsed
+            if not np.isfinite(losses["total_loss"]):
+                raise EffdetError(f"training diverged at step {step} (loss {losses['total_loss']}); "
+                                  "lower learning_rate or raise lr_warmup_epoch")
+            if step // self.training.logging_frequency > previous // self.training.logging_frequency:
+                self.report(step, losses, images_done / seconds if seconds else 0.0, writer)
+                images_done, seconds = 0, 0.0
+            if step % self.steps.per_epoch == 0:
+                self.end_of_epoch(step // self.steps.per_epoch, step)
+        final = self.finish(step)
+        return TrainResult(final, step, step // self.steps.per_epoch, resumed_from, losses)
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    def report(self, step: int, losses: dict[str, float], images_per_second: float,
+               writer: Any) -> None:
+        if not self.chief:
+            return
+        rate = float(self.schedule(step))
+        epoch = step / self.steps.per_epoch
+        if not self.training.disable_logging:
+            log.info("step %d (epoch %.2f): loss %.4f (cls %.4f, box %.5f, reg %.4f), lr %.6f, "
+                     "%.2f images/s", step, epoch, losses["total_loss"], losses["cls_loss"],
+                     losses["box_loss"], losses["reg_loss"], rate, images_per_second)
+        with writer.as_default(step=step):
+            for name, value in losses.items():
+                tf.summary.scalar(name, value)
+            tf.summary.scalar("learning_rate", rate)
+        self.status("RUNNING", "Training loop in progress", epoch=int(epoch),
+                    kpi={**losses, "learning_rate": rate, "images_per_second": images_per_second})
+
+    def status(self, status: str, message: str, **extra: Any) -> None:
+        """TAO-style status lines (one JSON object per line) in MODEL_DIR/status.json."""
+        now = datetime.now(timezone.utc)
+        record = {"date": now.strftime("%m/%d/%Y"), "time": now.strftime("%H:%M:%S"),
+                  "status": status, "verbosity": "INFO", "message": message,
+                  "max_epoch": self.training.num_epochs, **extra}
+        with open(self.model_dir / "status.json", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def manifest(self, step: int) -> dict[str, Any]:
+        return {"epoch": step // self.steps.per_epoch, "step": step,
+                "config": self.config.to_dict(), "classes": self.class_names()}
+
+    def class_names(self) -> dict[str, str]:
+        path = Path(self.config.dataset_config.validation_json_file)
+        if not path.is_file():
+            return {}
+        try:
+            categories = json.loads(path.read_text()).get("categories", [])
+        except (OSError, ValueError):
+            return {}
+        return {str(c["id"]): str(c["name"]) for c in categories if "id" in c and "name" in c}
+
+    def save(self, path: Path, step: int, with_optimizer: bool) -> None:
+        optimizer_state = None
+        if with_optimizer:
+            optimizer_state = arrays_to_members(OPTIMIZER, {
+                f"{i:05d}": v.numpy() for i, v in enumerate(self.optimizer.variables)})
+        save_model(path, self.key, self.arch, self.model,
+                   manifest=self.manifest(step),
+                   ema=self.ema.arrays() if self.ema is not None else None,
+                   extra_members=optimizer_state)
+
+    def end_of_epoch(self, epoch: int, step: int) -> None:
+        last = step >= self.steps.stop
+        if self.chief and (epoch % self.training.checkpoint_period == 0 or last):
+            path = checkpoint_path(self.model_dir, epoch)
+            self.save(path, step, with_optimizer=True)
+            for old in rotate(self.model_dir, self.training.keep_checkpoint_max):
+                log.info("removed old checkpoint %s", old.name)
+            log.info("saved checkpoint %s", path)
+            self.status("RUNNING", f"Saved checkpoint {path.name}", epoch=epoch)
+        if epoch % self.config.eval_config.eval_epoch_cycle == 0 and not last:
+            self.evaluate(epoch)
+
+    def evaluate(self, epoch: int) -> None:
+        if not (self.chief and self.config.dataset_config.validation_file_pattern
+                and Path(self.config.dataset_config.validation_json_file).is_file()):
+            return
+        from effdet.tasks.evaluate import evaluate_model
+
+        with self.ema_weights():
+            metrics = evaluate_model(self.model, self.arch, self.config)
+        metrics_file = self.model_dir / "eval" / f"metrics.epoch-{epoch}.json"
+        atomic_write_bytes(metrics_file, json.dumps(json_ready(metrics), indent=2).encode())
+        self.status("RUNNING", "Evaluation", epoch=epoch,
+                    kpi={k: metrics[k] for k in ("AP", "AP50", "AP75") if k in metrics})
+
+    @contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Evaluate with the averaged weights, then put the raw ones back."""
+        saved = [v.numpy() for v in self.model.weights]
+        if self.ema is not None:
+            for variable, shadow in zip(self.model.weights, self.ema.shadows):
+                variable.assign(shadow)
+        try:
+            yield
+        finally:
+            for variable, array in zip(self.model.weights, saved):
+                variable.assign(array)
+
+    def finish(self, step: int) -> Path:
+        final = self.model_dir / FINAL
+        if self.chief:
+            self.save(final, step, with_optimizer=False)
+            log.info("saved %s (step %d)", final, step)
+        if self.config.eval_config.eval_after_training:
+            self.evaluate(step // self.steps.per_epoch)
+        if self.chief:
+            self.status("SUCCESS", "Training finished successfully.",
+                        epoch=step // self.steps.per_epoch)
+        return final
