@@ -80,9 +80,9 @@ def _run_dataset_convert(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    key = resolve_key(args.key)
     from effdet.tasks.train import train
 
-    key = resolve_key(args.key)
     train(Path(args.experiment_spec), Path(args.model_dir), key, gpus=args.gpus,
           gpu_index=args.gpu_index)
     return 0
@@ -105,9 +105,9 @@ def _run_spec(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    key = resolve_key(args.key)
     from effdet.tasks.evaluate import evaluate
 
-    key = resolve_key(args.key)
     evaluate(Path(args.experiment_spec), Path(args.model_path), key,
              output_dir=Path(args.output_dir) if args.output_dir else None)
     return 0
@@ -248,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.verbose or os.environ.get("EFFDET_DEBUG") == "1"
+    # TensorFlow's C++ start-up chatter (oneDNN, CPU features) is noise in a task's output.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if debug else "2")
     setup_logging(getattr(args, "log_file", None), verbose=debug)
     register_secret(os.environ.get(KEY_ENV, ""))
     register_secret(getattr(args, "key", None) or "")

@@ -116,3 +116,17 @@ def tiny_coco(tmp_path: Path) -> Callable[[int], TinyCoco]:
         return coco
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _restore_op_determinism():
+    """Training switches TensorFlow's global op determinism on; XLA tests need it off."""
+    from tensorflow.python.framework import config as tf_framework_config
+
+    before = tf_framework_config.is_op_determinism_enabled()
+    yield
+    if tf_framework_config.is_op_determinism_enabled() != before:
+        if before:
+            tf_framework_config.enable_op_determinism()
+        else:
+            tf_framework_config.disable_op_determinism()

@@ -155,3 +155,13 @@ def test_secret_filter_scrubs_registered_key(tmp_path):
         handler.flush()
     text = log_file.read_text()
     assert "model.tlt" in text and "another-Secret-42" not in text and "********" in text
+
+
+def test_train_without_key_or_spec_is_one_line(tmp_path):
+    result = run_cli("train", "-e", "config/specs/tiny.txt", "-d", str(tmp_path))
+    assert result.returncode == 1 and result.stderr.strip() == (
+        "effdet: error: no model key: pass -k/--key or set EFFDET_KEY")
+    result = run_cli("train", "-e", str(tmp_path / "missing.txt"), "-d", str(tmp_path), "-k", SECRET)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].endswith("missing.txt: spec file not found")
+    assert SECRET not in result.stderr

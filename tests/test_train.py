@@ -5,6 +5,7 @@ Runs use a narrow EfficientDet-D0 at 128x128 on generated shapes, so each takes 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -111,6 +112,10 @@ def test_training_writes_checkpoints_final_model_status_metrics_and_summaries(ba
     assert sorted(p.name for p in (model_dir / "eval").iterdir()) == [
         "metrics.epoch-1.json", "metrics.epoch-2.json", "metrics.epoch-3.json"]
     assert list((model_dir / "logs").iterdir()), "no TensorBoard summaries"
+    live = json.loads((model_dir / "dvclive" / "metrics.json").read_text())
+    assert live["step"] == 6 and "total_loss" in live["train"] and "AP50" in live["eval"]
+    history = (model_dir / "dvclive" / "plots" / "metrics" / "train" / "total_loss.tsv")
+    assert len(history.read_text().splitlines()) == 1 + 6  # header + logging_frequency 1
     manifest = read_tlt(model_dir / "model.tlt", KEY).manifest
     assert manifest["step"] == 6 and manifest["classes"]["1"] == "circle"
     assert KEY.encode() not in (model_dir / "model.tlt").read_bytes()
@@ -297,8 +302,6 @@ def test_iterations_per_loop_logging_frequency_and_disable_logging(data, tmp_pat
 
 
 def test_profile_skip_steps_keeps_warm_up_out_of_the_throughput(data, tmp_path):
-    import json
-
     spec = write_spec(tmp_path / "spec.txt", data, evaluation="eval_after_training: false",
                       training="profile_skip_steps: 4 num_epochs: 3")
     train(spec, tmp_path / "m", KEY, variant=TINY)

@@ -50,6 +50,8 @@ NO_EFFECT_FIELDS = frozenset(
         "dataset_config.use_fake_data",
         "eval_config.min_eval_interval",
         "eval_config.eval_timeout",
+        # A rerun always continues from the newest checkpoint in the model directory.
+        "training_config.resume",
     }
 )
 

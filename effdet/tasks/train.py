@@ -14,13 +14,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
+# The public API can switch op determinism on but not off again (needed around XLA runs).
+from tensorflow.python.framework import config as tf_framework_config
 
 from effdet.anchors import anchors_for
 from effdet.errors import EffdetError
@@ -37,8 +38,11 @@ from effdet.spec import ExperimentConfig, load_spec
 from effdet.training.checkpoints import FINAL, checkpoint_path, checkpoints, rotate
 from effdet.training.ema import WeightAverage
 from effdet.training.regularization import decayed_kernels, weight_decay
+from effdet.training.reporting import TrainingLog
 from effdet.training.schedule import WarmupCosine
-from effdet.training.strategy import is_chief, make_strategy
+from effdet.training.strategy import (
+    average_across_replicas, batch_norm_statistics, is_chief, make_strategy,
+)
 
 log = logging.getLogger("effdet")
 
@@ -112,7 +116,12 @@ class Trainer:
     def build(self, architecture: Architecture) -> None:
         seed = self.training.tf_random_seed
         keras.utils.set_random_seed(seed)
-        tf.config.experimental.enable_op_determinism()
+        if self.training.use_xla:
+            # XLA has no deterministic MaxPool gradient; such runs are not bit-reproducible.
+            log.warning("use_xla: training is not bit-for-bit reproducible under XLA")
+            tf_framework_config.disable_op_determinism()
+        else:
+            tf.config.experimental.enable_op_determinism()
         if self.training.amp:
             gpu = bool(tf.config.list_logical_devices("GPU"))
             keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
@@ -190,6 +199,7 @@ class Trainer:
             variables = self.model.trainable_variables
             gradients = tape.gradient(loss, variables)
             self.optimizer.apply(gradients, variables)
+            average_across_replicas(batch_norm_statistics(self.model))
             if self.ema is not None:
                 self.ema.update(self.optimizer.iterations)
             return {"det_loss": losses["total_loss"], "cls_loss": losses["cls_loss"],
@@ -227,10 +237,15 @@ class Trainer:
 
     def run(self) -> TrainResult:
         previous_policy = keras.mixed_precision.global_policy()
+        was_deterministic = tf_framework_config.is_op_determinism_enabled()
         try:
             return self._run()
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
+            if was_deterministic:
+                tf.config.experimental.enable_op_determinism()
+            else:
+                tf_framework_config.disable_op_determinism()
 
     def _run(self) -> TrainResult:
         if self.chief:
@@ -240,7 +255,8 @@ class Trainer:
         resumed_from, step = self.restore()
         loop = self.make_loop()
         iterator = iter(self.dataset(step))
-        writer = tf.summary.create_file_writer(str(self.model_dir / "logs")) if self.chief else None
+        self.reports = (TrainingLog(self.model_dir, self.training.num_epochs, resume=step > 0)
+                        if self.chief else None)
         log.info("training %s: %d steps/epoch, %d epochs, global batch %d on %d replica(s)",
                  self.variant.name, self.steps.per_epoch, self.training.num_epochs,
                  self.global_batch, self.replicas)
@@ -261,18 +277,19 @@ class Trainer:
                 raise EffdetError(f"training diverged at step {step} (loss {losses['total_loss']}); "
                                   "lower learning_rate or raise lr_warmup_epoch")
             if step // self.training.logging_frequency > previous // self.training.logging_frequency:
-                self.report(step, losses, images_done / seconds if seconds else 0.0, writer)
+                self.report(step, losses, images_done / seconds if seconds else 0.0)
                 images_done, seconds = 0, 0.0
             if step % self.steps.per_epoch == 0:
                 self.end_of_epoch(step // self.steps.per_epoch, step)
         final = self.finish(step)
+        if self.reports is not None:
+            self.reports.close()
         return TrainResult(final, step, step // self.steps.per_epoch, resumed_from, losses)
 
     # --- outputs ----------------------------------------------------------------------------
 
-    def report(self, step: int, losses: dict[str, float], images_per_second: float,
-               writer: Any) -> None:
-        if not self.chief:
+    def report(self, step: int, losses: dict[str, float], images_per_second: float) -> None:
+        if self.reports is None:
             return
         rate = float(self.schedule(step))
         epoch = step / self.steps.per_epoch
@@ -280,21 +297,9 @@ class Trainer:
             log.info("step %d (epoch %.2f): loss %.4f (cls %.4f, box %.5f, reg %.4f), lr %.6f, "
                      "%.2f images/s", step, epoch, losses["total_loss"], losses["cls_loss"],
                      losses["box_loss"], losses["reg_loss"], rate, images_per_second)
-        with writer.as_default(step=step):
-            for name, value in losses.items():
-                tf.summary.scalar(name, value)
-            tf.summary.scalar("learning_rate", rate)
-        self.status("RUNNING", "Training loop in progress", epoch=int(epoch),
-                    kpi={**losses, "learning_rate": rate, "images_per_second": images_per_second})
-
-    def status(self, status: str, message: str, **extra: Any) -> None:
-        """TAO-style status lines (one JSON object per line) in MODEL_DIR/status.json."""
-        now = datetime.now(timezone.utc)
-        record = {"date": now.strftime("%m/%d/%Y"), "time": now.strftime("%H:%M:%S"),
-                  "status": status, "verbosity": "INFO", "message": message,
-                  "max_epoch": self.training.num_epochs, **extra}
-        with open(self.model_dir / "status.json", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        kpi = {**losses, "learning_rate": rate, "images_per_second": images_per_second}
+        self.reports.scalars(step, "train", kpi)
+        self.reports.status("RUNNING", "Training loop in progress", epoch=int(epoch), kpi=kpi)
 
     def manifest(self, step: int) -> dict[str, Any]:
         return {"epoch": step // self.steps.per_epoch, "step": step,
@@ -328,12 +333,12 @@ class Trainer:
             for old in rotate(self.model_dir, self.training.keep_checkpoint_max):
                 log.info("removed old checkpoint %s", old.name)
             log.info("saved checkpoint %s", path)
-            self.status("RUNNING", f"Saved checkpoint {path.name}", epoch=epoch)
+            self.reports.status("RUNNING", f"Saved checkpoint {path.name}", epoch=epoch)
         if epoch % self.config.eval_config.eval_epoch_cycle == 0 and not last:
-            self.evaluate(epoch)
+            self.evaluate(epoch, step)
 
-    def evaluate(self, epoch: int) -> None:
-        if not (self.chief and self.config.dataset_config.validation_file_pattern
+    def evaluate(self, epoch: int, step: int) -> None:
+        if not (self.reports is not None and self.config.dataset_config.validation_file_pattern
                 and Path(self.config.dataset_config.validation_json_file).is_file()):
             return
         from effdet.tasks.evaluate import evaluate_model
@@ -342,8 +347,9 @@ class Trainer:
             metrics = evaluate_model(self.model, self.arch, self.config)
         metrics_file = self.model_dir / "eval" / f"metrics.epoch-{epoch}.json"
         atomic_write_bytes(metrics_file, json.dumps(json_ready(metrics), indent=2).encode())
-        self.status("RUNNING", "Evaluation", epoch=epoch,
-                    kpi={k: metrics[k] for k in ("AP", "AP50", "AP75") if k in metrics})
+        headline = {k: float(metrics[k]) for k in ("AP", "AP50", "AP75")}
+        self.reports.scalars(step, "eval", headline)
+        self.reports.status("RUNNING", "Evaluation", epoch=epoch, kpi=headline)
 
     @contextmanager
     def ema_weights(self) -> Iterator[None]:
@@ -364,8 +370,8 @@ class Trainer:
             self.save(final, step, with_optimizer=False)
             log.info("saved %s (step %d)", final, step)
         if self.config.eval_config.eval_after_training:
-            self.evaluate(step // self.steps.per_epoch)
-        if self.chief:
-            self.status("SUCCESS", "Training finished successfully.",
-                        epoch=step // self.steps.per_epoch)
+            self.evaluate(step // self.steps.per_epoch, step)
+        if self.reports is not None:
+            self.reports.status("SUCCESS", "Training finished successfully.",
+                            epoch=step // self.steps.per_epoch)
         return final

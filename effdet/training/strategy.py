@@ -6,6 +6,7 @@ import json
 import logging
 import os
 
+import keras
 import tensorflow as tf
 
 from effdet.errors import EffdetError
@@ -27,7 +28,38 @@ def select_gpu(gpu_index: int | None) -> None:
 
 
 def _slurm_multi_task() -> bool:
-    return int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1"))) > 1
+    """Inside an srun step with several tasks. SLURM_NTASKS alone (a batch script that did
+    not srun) is one process: SlurmClusterResolver reads the SLURM_STEP_* variables."""
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1
+
+
+def slurm_cluster_resolver() -> tf.distribute.cluster_resolver.ClusterResolver:
+    """The cluster of the current srun step, one worker per task.
+
+    On GPU nodes this is TF's SlurmClusterResolver as is (it gives each task its share of
+    the node's GPUs via CUDA_VISIBLE_DEVICES). On CPU-only nodes that resolver fails (it
+    counts GPUs with nvidia-smi and hands out one port per GPU), so the cluster is resolved
+    with one notional slot per task and passed on without accelerators.
+    """
+    from tensorflow.python.distribute.cluster_resolver import slurm_cluster_resolver as slurm
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        gpus = 0  # GPUs hidden (TF's count would say 1)
+    else:
+        try:
+            gpus = slurm.get_num_gpus()
+        except (RuntimeError, OSError):  # no nvidia-smi: a CPU node
+            gpus = 0
+    if gpus:
+        return tf.distribute.cluster_resolver.SlurmClusterResolver()
+    tasks = int(os.environ["SLURM_STEP_NUM_TASKS"])
+    resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+        gpus_per_node=tasks, gpus_per_task=1, auto_set_gpu=False)
+    spec = resolver.cluster_spec()  # also sets task_type / task_id
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        spec, master=resolver.master(), task_type=resolver.task_type, task_id=resolver.task_id,
+        num_accelerators={"GPU": 0}, rpc_layer=resolver.rpc_layer)
 
 
 def make_strategy(gpus: int, gpu_index: int | None = None) -> tf.distribute.Strategy:
@@ -38,8 +70,7 @@ def make_strategy(gpus: int, gpu_index: int | None = None) -> tf.distribute.Stra
         if sum(len(v) for v in cluster.values()) > 1:
             return tf.distribute.MultiWorkerMirroredStrategy()
     if _slurm_multi_task():
-        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=slurm_cluster_resolver())
     select_gpu(gpu_index)
     if gpus > 1:
         available = tf.config.list_logical_devices("GPU")
@@ -56,3 +87,36 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
                                               and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def batch_norm_statistics(model: keras.Model) -> list[keras.Variable]:
+    """The moving mean/variance of every BatchNormalization layer that trains (frozen ones
+    run in inference mode and never change)."""
+    return [weight for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+            for weight in (layer.moving_mean, layer.moving_variance)]
+
+
+def average_across_replicas(variables: list[keras.Variable]) -> None:
+    """Inside `strategy.run`: set each variable to its mean over all replicas.
+
+    Keras 3 creates BatchNormalization's moving statistics with aggregation NONE, so under
+    a Mirrored/MultiWorkerMirrored strategy every replica updates its own copy from its own
+    batch and the copies drift apart (workers would save different models). The moving
+    averages are linear in the batch statistics, so averaging them after each step equals
+    tf.keras 2's ON_READ/MEAN statistics and keeps every replica identical. One batched
+    all-reduce; a no-op with a single replica.
+    """
+    context = tf.distribute.get_replica_context()
+    if not variables or context is None or context.num_replicas_in_sync == 1:
+        return
+    # The batched all-reduce sends each tensor to its own device; inside a tf.function under
+    # MultiWorkerMirroredStrategy a plain read carries no device ("destinations can not be
+    # empty"), so read each value on its variable's device.
+    local = []
+    for variable in variables:
+        with tf.device(variable.value.device):
+            local.append(tf.identity(variable.value))
+    means = context.all_reduce(tf.distribute.ReduceOp.MEAN, local)
+    for variable, mean in zip(variables, means):
+        variable.assign(mean)

@@ -1,0 +1,278 @@
+"""Multi-worker training: strategy selection (TF_CONFIG, Slurm), chief election, and two CPU
+workers on localhost that end with identical weights while only the chief writes files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.python.distribute.cluster_resolver import slurm_cluster_resolver
+
+from effdet.data.convert import dataset_convert
+from effdet.data.synthetic import make_dataset
+from effdet.formats.tlt import read_tlt
+from effdet.model.saving import WEIGHTS, members_to_arrays
+from effdet.training.strategy import (
+    average_across_replicas, batch_norm_statistics, is_chief, make_strategy,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "distributed-test-Key-3"
+TIMEOUT = 300
+
+# One training worker: the real Trainer (what `train()` runs), then a per-variable digest of
+# the model weights, EMA shadows and optimizer state it ends with.
+WORKER = """
+import hashlib, json, logging, sys
+from pathlib import Path
+import numpy as np
+from effdet.model.variants import get_variant
+from effdet.spec import load_spec
+from effdet.tasks.train import Trainer
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+spec, model_dir, key, out = sys.argv[1:5]
+variant = get_variant("efficientdet-d0").replace(**json.loads(sys.argv[5]))
+trainer = Trainer(load_spec(Path(spec)), Path(model_dir), key, gpus=1, gpu_index=None,
+                  variant=variant)
+result = trainer.run()
+
+def digest(value):
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(value)).tobytes()).hexdigest()
+
+shadows = trainer.ema.shadows if trainer.ema is not None else []
+Path(out).write_text(json.dumps({
+    "chief": trainer.chief, "replicas": trainer.replicas, "step": result.step,
+    "weights": {v.path: digest(v.numpy()) for v in trainer.model.weights},
+    "ema": [digest(s.numpy()) for s in shadows],
+    "optimizer": [digest(v.numpy()) for v in trainer.optimizer.variables],
+}))
+"""
+
+TINY = {"fpn_num_filters": 16, "fpn_cell_repeats": 1, "box_class_repeats": 1,
+        "width_coefficient": 0.25, "depth_coefficient": 0.25}
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def worker_env(tf_config: dict) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(TF_CONFIG=json.dumps(tf_config), PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="",
+               TF_CPP_MIN_LOG_LEVEL="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("distributed")
+    data = make_dataset(root / "raw", num_images=8, width=160, height=120, seed=5,
+                        val_fraction=0.0)
+    dataset_convert(data.image_dir, data.train_json, root / "tfrecords", tag="train",
+                    num_shards=2, workers=1)
+    (root / "spec.txt").write_text(f"""
+training_config {{
+  train_batch_size: 2
+  iterations_per_loop: 2
+  checkpoint_period: 1
+  num_examples_per_epoch: 8
+  num_epochs: 2
+  logging_frequency: 1
+  learning_rate: 0.01
+  lr_warmup_init: 0.001
+  lr_warmup_epoch: 1
+}}
+dataset_config {{
+  num_classes: 5
+  image_size: "128,128"
+  training_file_pattern: "{root / 'tfrecords'}/train-*"
+}}
+eval_config {{
+  eval_epoch_cycle: 2
+  eval_after_training: false
+}}
+""")
+    return root
+
+
+def run_workers(root: Path, count: int) -> list[dict]:
+    ports = free_ports(count)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs, logs = [], []
+    try:
+        for index in range(count):
+            log = open(root / f"worker{index}.log", "wb")
+            logs.append(log)
+            args = [sys.executable, "-c", WORKER, str(root / "spec.txt"),
+                    str(root / f"model{index}"), KEY, str(root / f"out{index}.json"),
+                    json.dumps(TINY)]
+            env = worker_env({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=log,
+                                          stderr=subprocess.STDOUT))
+        for proc in procs:
+            proc.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for log in logs:
+            log.close()
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        tails = "\n".join(f"--- worker {i} (exit {procs[i].returncode}):\n" +
+                          (root / f"worker{i}.log").read_text(errors="replace")[-3000:]
+                          for i in failed)
+        pytest.fail(f"worker(s) {failed} failed or timed out:\n{tails}")
+    return [json.loads((root / f"out{i}.json").read_text()) for i in range(count)]
+
+
+def test_two_workers_end_identical_and_only_the_chief_writes(workspace):
+    chief, other = run_workers(workspace, 2)
+
+    assert (chief["chief"], other["chief"]) == (True, False)
+    assert chief["replicas"] == other["replicas"] == 2
+    assert chief["step"] == other["step"] == 4  # 8 images/epoch, global batch 2 x 2, 2 epochs
+    differing = [p for p in chief["weights"] if chief["weights"][p] != other["weights"][p]]
+    assert not differing, f"weights differ between workers: {differing[:5]}"
+    assert chief["weights"] == other["weights"]
+    assert chief["ema"] == other["ema"] and chief["ema"]
+    assert chief["optimizer"] == other["optimizer"] and chief["optimizer"]
+
+    chief_dir, other_dir = workspace / "model0", workspace / "model1"
+    written = {p.name for p in chief_dir.iterdir()}
+    assert {"model.epoch-1.tlt", "model.epoch-2.tlt", "model.tlt", "status.json"} <= written
+    assert not other_dir.exists() or not list(other_dir.rglob("*"))
+
+    # The chief's saved model is what the other worker holds in memory.
+    saved = members_to_arrays(WEIGHTS, read_tlt(chief_dir / "model.tlt", KEY).members)
+    assert set(saved) == set(other["weights"])
+    for path, array in saved.items():
+        digest = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+        assert digest == other["weights"][path], path
+
+
+# --------------------------------------------------------------- selection, in-process
+
+
+class FakeMultiWorker:
+    """Stands in for MultiWorkerMirroredStrategy (a real one would wait for its peers)."""
+
+    def __init__(self, cluster_resolver=None):
+        self.cluster_resolver = cluster_resolver
+
+
+@pytest.fixture
+def no_cluster_env(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("SLURM_") or name == "TF_CONFIG":
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", FakeMultiWorker)
+    return monkeypatch
+
+
+def test_tf_config_with_two_workers_selects_multi_worker(no_cluster_env):
+    no_cluster_env.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["localhost:1", "localhost:2"]},
+        "task": {"type": "worker", "index": 1}}))
+    strategy = make_strategy(gpus=1)
+    assert isinstance(strategy, FakeMultiWorker)
+    assert strategy.cluster_resolver is None  # MWMS reads TF_CONFIG itself
+
+
+def test_single_task_tf_config_or_slurm_job_stays_single_device(no_cluster_env):
+    no_cluster_env.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}))
+    no_cluster_env.setenv("SLURM_NTASKS", "4")  # a batch script that did not srun
+    no_cluster_env.setenv("SLURM_STEP_NUM_TASKS", "1")
+    strategy = make_strategy(gpus=1)
+    assert not isinstance(strategy, FakeMultiWorker)
+    assert strategy.num_replicas_in_sync == 1 and is_chief(strategy)
+    no_cluster_env.delenv("SLURM_STEP_NUM_TASKS")
+    assert not isinstance(make_strategy(gpus=1), FakeMultiWorker)
+
+
+def test_slurm_step_with_several_tasks_uses_the_slurm_cluster(no_cluster_env):
+    no_cluster_env.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    no_cluster_env.setattr(slurm_cluster_resolver, "get_num_gpus", lambda: 0)
+    no_cluster_env.setenv("SLURM_STEP_NUM_TASKS", "3")
+    no_cluster_env.setenv("SLURM_STEP_NODELIST", "node[01-02]")
+    no_cluster_env.setenv("SLURM_STEP_TASKS_PER_NODE", "2,1")
+    no_cluster_env.setenv("SLURM_PROCID", "1")
+    strategy = make_strategy(gpus=1)
+    assert isinstance(strategy, FakeMultiWorker)
+    resolver = strategy.cluster_resolver
+    assert resolver.cluster_spec().as_dict() == {
+        "worker": ["node01:8888", "node01:8889", "node02:8888"]}
+    assert (resolver.task_type, resolver.task_id) == ("worker", 1)
+    assert resolver.num_accelerators() == {"GPU": 0}  # CPU nodes: no nvidia-smi needed
+    assert not is_chief(strategy)
+    no_cluster_env.setenv("SLURM_PROCID", "0")
+    assert is_chief(make_strategy(gpus=1))
+    no_cluster_env.setattr(slurm_cluster_resolver, "get_num_gpus", lambda: 1)
+    no_cluster_env.setenv("CUDA_VISIBLE_DEVICES", "")  # hidden GPUs count as none
+    assert make_strategy(gpus=1).cluster_resolver.num_accelerators() == {"GPU": 0}
+
+
+def test_slurm_with_gpus_is_tfs_resolver(no_cluster_env):
+    no_cluster_env.setattr(slurm_cluster_resolver, "get_num_gpus", lambda: 2)
+    no_cluster_env.setenv("SLURM_STEP_NUM_TASKS", "2")
+    no_cluster_env.setenv("SLURM_STEP_NODELIST", "gpu7")
+    no_cluster_env.setenv("SLURM_STEP_TASKS_PER_NODE", "2")
+    no_cluster_env.setenv("SLURM_PROCID", "1")
+    no_cluster_env.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the resolver rewrites it per task
+    resolver = make_strategy(gpus=1).cluster_resolver
+    assert isinstance(resolver, tf.distribute.cluster_resolver.SlurmClusterResolver)
+    assert resolver.cluster_spec().as_dict() == {"worker": ["gpu7:8888", "gpu7:8889"]}
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+@pytest.mark.parametrize("cluster, task, chief", [
+    ({"worker": ["a:1", "b:1"]}, ("worker", 0), True),
+    ({"worker": ["a:1", "b:1"]}, ("worker", 1), False),
+    ({"chief": ["c:1"], "worker": ["a:1"]}, ("chief", 0), True),
+    ({"chief": ["c:1"], "worker": ["a:1"]}, ("worker", 0), False),
+])
+def test_is_chief(cluster, task, chief):
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster), task_type=task[0], task_id=task[1])
+    assert is_chief(SimpleNamespace(cluster_resolver=resolver)) is chief
+
+
+def test_is_chief_without_a_cluster():
+    assert is_chief(tf.distribute.get_strategy())
+    assert is_chief(SimpleNamespace(cluster_resolver=None))
+
+
+def test_batch_norm_statistics_skip_frozen_layers_and_averaging_is_a_single_replica_noop():
+    live = keras.layers.BatchNormalization(name="live")
+    frozen = keras.layers.BatchNormalization(name="frozen")
+    model = keras.Sequential([keras.Input((3,)), live, frozen])
+    frozen.trainable = False
+    stats = batch_norm_statistics(model)
+    assert [v.path.split("/")[-2:] for v in stats] == [["live", "moving_mean"],
+                                                       ["live", "moving_variance"]]
+    stats[0].assign([1.0, 2.0, 3.0])
+    tf.function(lambda: tf.distribute.get_strategy().run(
+        lambda: average_across_replicas(stats)))()
+    np.testing.assert_array_equal(stats[0].numpy(), [1.0, 2.0, 3.0])
