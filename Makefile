@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
+# The demo's documented key; use your own for real models (the key is never logged).
+EFFDET_KEY ?= effdet-demo-key
+export EFFDET_KEY
+
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" snakemake --cores 2 all
+	@echo "metrics: results/demo/eval/metrics.json  model: results/demo/train/model.tlt"
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

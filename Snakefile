@@ -3,10 +3,12 @@
 from snakemake.utils import validate
 
 configfile: "config/config.yaml"
+envvars: "EFFDET_KEY"
 validate(config, "config/config.schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/train.smk"
 
 rule all:
     input:

@@ -13,6 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from effdet import __version__
 from effdet.errors import EffdetError
@@ -107,7 +108,9 @@ def _run_spec(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     key = resolve_key(args.key)
     from effdet.tasks.evaluate import evaluate
+    from effdet.training.strategy import select_gpu
 
+    select_gpu(args.gpu_index)
     evaluate(Path(args.experiment_spec), Path(args.model_path), key,
              output_dir=Path(args.output_dir) if args.output_dir else None)
     return 0
@@ -126,7 +129,7 @@ def _not_implemented(task: str, issue: str) -> Callable[[argparse.Namespace], in
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="effdet",
         description="EfficientDet (TAO efficientdet_tf1 compatible): "
         "dataset_convert, train, evaluate, prune, inference, export, gen_trt_engine.",
@@ -250,15 +253,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.verbose or os.environ.get("EFFDET_DEBUG") == "1"
     # TensorFlow's C++ start-up chatter (oneDNN, CPU features) is noise in a task's output.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if debug else "2")
-    setup_logging(getattr(args, "log_file", None), verbose=debug)
     register_secret(os.environ.get(KEY_ENV, ""))
     register_secret(getattr(args, "key", None) or "")
     try:
+        setup_logging(getattr(args, "log_file", None), verbose=debug)
         return args.run(args)
     except EffdetError as exc:
         return _fail(str(exc), exc.exit_code, debug)
     except KeyboardInterrupt:
         return _fail("interrupted", 130, debug)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}", 1, debug)
     except Exception as exc:  # an unexpected failure still gets one line unless debugging
         return _fail(f"{type(exc).__name__}: {exc} (run with --verbose for details)", 1, debug)
 
@@ -266,8 +272,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(message: str, code: int, debug: bool) -> int:
     if debug:
         print(redact(traceback.format_exc()), file=sys.stderr, end="")
+    else:  # TensorFlow's messages append a multi-line op trace: keep the first line
+        message = message.strip().splitlines()[0] if message.strip() else message
     print(f"effdet: error: {redact(message)}", file=sys.stderr)
     return code
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes get the same one-line form as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"effdet: error: {self.prog}: {message} (see {self.prog} -h)\n")
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ class SecretFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
-            message = record.getMessage()
-            for secret in self.secrets:
-                message = message.replace(secret, _REDACTED)
-            record.msg, record.args = message, None
+            record.msg, record.args = redact(record.getMessage()), None
+            if record.exc_info:
+                # Formatters reuse exc_text when it is set: fill it in, scrubbed.
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return True
 
 

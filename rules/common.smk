@@ -31,4 +31,4 @@ def raw_annotations(wildcards):
 
 
 def all_targets():
-    return [f"results/{exp}/tfrecords/{split}" for exp in config["run"] for split in SPLITS]
+    return [f"results/{exp}/eval/metrics.json" for exp in config["run"]]

@@ -151,6 +151,10 @@ def test_secret_filter_scrubs_registered_key(tmp_path):
     setup_logging(log_file)
     key = resolve_key("another-Secret-42")
     logging.getLogger("effdet").warning("opening %s with key %s", "model.tlt", key)
+    try:
+        raise ValueError(f"bad key {key}")
+    except ValueError:
+        logging.getLogger("effdet").exception("failed")
     for handler in logging.getLogger("effdet").handlers:
         handler.flush()
     text = log_file.read_text()
@@ -165,3 +169,17 @@ def test_train_without_key_or_spec_is_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].endswith("missing.txt: spec file not found")
     assert SECRET not in result.stderr
+
+
+def test_usage_errors_and_unwritable_log_file_are_one_line(tmp_path):
+    result = run_cli("prune", "-m", "m.tlt")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "effdet: error: effdet prune: the following arguments are required: -o/--output_dir "
+        "(see effdet prune -h)"]
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_cli("spec", "config/specs/tiny.txt", "--log_file", str(blocker / "x.log"))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("effdet: error:") and "file" in lines[0]

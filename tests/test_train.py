@@ -182,11 +182,36 @@ def test_stop_at_epoch_stops_and_a_rerun_without_it_continues(baseline, data, tm
                         weights_of(baseline_dir / "model.tlt"))
 
 
+def test_resume_continues_the_stochastic_depth_random_sequence(data, tmp_path):
+    # Full depth: only repeated MBConv blocks have the residual that drop-connect acts on.
+    dropping = TINY.replace(survival_prob=0.8, depth_coefficient=1.0)
+    model = Architecture(load_spec(write_spec(tmp_path / "s.txt", data)).model_config, 5,
+                         (128, 128), dropping).build()
+    assert len(model.variables) > len(model.weights)  # seed-generator states exist
+    quiet = "eval_after_training: false eval_epoch_cycle: 2"
+    whole = write_spec(tmp_path / "whole.txt", data, training="num_epochs: 2", evaluation=quiet)
+    train(whole, tmp_path / "whole", KEY, variant=dropping)
+    part = write_spec(tmp_path / "part.txt", data, training="num_epochs: 2 stop_at_epoch: 1",
+                      evaluation=quiet)
+    train(part, tmp_path / "part", KEY, variant=dropping)
+    train(whole, tmp_path / "part", KEY, variant=dropping)
+    assert_same_weights(weights_of(tmp_path / "part" / "model.tlt"),
+                        weights_of(tmp_path / "whole" / "model.tlt"))
+
+
 def test_wrong_key_on_resume_is_a_one_line_error(baseline):
     spec, model_dir, _ = baseline
     with pytest.raises(EffdetError, match="wrong key") as info:
         train(spec, model_dir, "not-the-key", variant=TINY)
     assert "\n" not in str(info.value)
+
+
+def test_resuming_with_a_changed_spec_is_refused(baseline, data, tmp_path):
+    spec, model_dir, _ = baseline
+    changed = write_spec(tmp_path / "changed.txt", data,
+                         training="keep_checkpoint_max: 2 learning_rate: 0.07")
+    with pytest.raises(EffdetError, match="different spec.*training_config.learning_rate"):
+        train(changed, model_dir, KEY, variant=TINY)
 
 
 def trainer_for(spec: Path, model_dir: Path, variant=TINY) -> Trainer:
@@ -291,6 +316,8 @@ def test_iterations_per_loop_logging_frequency_and_disable_logging(data, tmp_pat
     with caplog.at_level(logging.INFO, logger="effdet"):
         train(spec, tmp_path / "m", KEY, variant=TINY)
     assert calls == [3, 3] * 4  # 6 steps per epoch, never crossing an epoch boundary
+    assert sorted(p.name for p in (tmp_path / "m").glob("model.epoch-*.tlt")) == [
+        "model.epoch-2.tlt", "model.epoch-4.tlt"]  # checkpoint_period: 2
     step_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert [line.split()[1] for line in step_lines] == ["6", "9", "12", "18", "21", "24"]
     caplog.clear()
@@ -341,6 +368,11 @@ def test_pruned_model_path_builds_the_recorded_widths(data, tmp_path):
     assert loaded.architecture.widths == widths and loaded.architecture.variant == TINY
     conv = next(v for v in loaded.model.weights if v.path == "class_net_conv0/pointwise_kernel")
     assert conv.shape[-1] == 8
+    alone = write_spec(tmp_path / "alone.txt", data, training=f'pruned_model_path: "{pruned}"')
+    trainer = trainer_for(alone, tmp_path / "m2", variant=get_variant("efficientdet-d0"))
+    trainer.restore()
+    assert_same_weights({v.path: v.numpy() for v in trainer.model.weights},
+                        weights_of(pruned))
 
 
 def test_amp_trains_in_mixed_precision_and_restores_the_policy(data, tmp_path):

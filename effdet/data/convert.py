@@ -141,9 +141,10 @@ def dataset_convert(
                     "mask": list(result.bad_masks),
                 }
         raise_problems(where, problems)
+        # Before the shards: a crash in between must not leave new shards beside old warnings.
+        warnings_file = _write_warnings(output_dir / f"{tag}_warnings.json", warnings)
         writer.commit()
 
-    warnings_file = _write_warnings(output_dir / f"{tag}_warnings.json", warnings)
     log.info(
         "dataset_convert: %d images, %d objects in %d shards of %s",
         n, boxes, num_shards, output_dir / f"{tag}-*.tfrecord",

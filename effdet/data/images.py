@@ -56,6 +56,8 @@ def prepare_image(data: bytes) -> PreparedImage:
         raise
     except UnidentifiedImageError:
         raise ImageProblem("not a readable image") from None
+    except Image.DecompressionBombError as e:
+        raise ImageProblem(f"too large to decode safely: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageProblem(f"corrupt {_kind(data)}: {e}") from None
     if fmt == "PNG" and image.mode == "RGB" and _png_depth_and_colour(data) == _PNG_RGB8:

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from effdet.anchors import anchors_for
 from effdet.coco_metrics import coco_metrics, format_metrics, json_ready
-from effdet.data.pipeline import eval_dataset
+from effdet.data.pipeline import data_errors, eval_dataset
 from effdet.errors import EffdetError
 from effdet.formats.atomic import atomic_write_bytes
 from effdet.model.saving import Architecture, load_model
@@ -91,11 +91,12 @@ def run_detection(model: keras.Model, architecture: Architecture, dataset: Itera
     detect = make_detector(model, architecture, max_detections=max_detections,
                            min_score=min_score)
     rows, image_ids = [], []
-    for images, meta in dataset:
-        outputs = detect(images, meta["image_scale"], meta["original_size"])
-        source_ids = np.asarray(meta["source_id"]).astype(np.int64)
-        rows.append(detection_rows(source_ids, {k: v.numpy() for k, v in outputs.items()}))
-        image_ids.extend(int(i) for i in source_ids)
+    with data_errors():
+        for images, meta in dataset:
+            outputs = detect(images, meta["image_scale"], meta["original_size"])
+            source_ids = np.asarray(meta["source_id"]).astype(np.int64)
+            rows.append(detection_rows(source_ids, {k: v.numpy() for k, v in outputs.items()}))
+            image_ids.extend(int(i) for i in source_ids)
     all_rows = np.concatenate(rows) if rows else np.zeros((0, 7))
     return Detections(all_rows, image_ids)
 

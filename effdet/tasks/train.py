@@ -24,6 +24,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as tf_framework_config
 
 from effdet.anchors import anchors_for
+from effdet.data.pipeline import data_errors, train_dataset
 from effdet.errors import EffdetError
 from effdet.coco_metrics import json_ready
 from effdet.formats.atomic import atomic_write_bytes
@@ -45,6 +46,19 @@ from effdet.training.strategy import (
 )
 
 log = logging.getLogger("effdet")
+
+# Fields a resumed run may change: they steer when the run stops or what it reports, not
+# the weights it computes.
+# Data locations may move between runs, and the initial weights only matter at step 0.
+RUN_CONTROL_FIELDS = frozenset(
+    [f"training_config.{name}" for name in (
+        "stop_at_epoch", "resume", "checkpoint_period", "keep_checkpoint_max",
+        "logging_frequency", "disable_logging", "profile_skip_steps", "iterations_per_loop",
+        "checkpoint", "pruned_model_path")]
+    + [f"dataset_config.{name}" for name in (
+        "training_file_pattern", "validation_file_pattern", "validation_json_file",
+        "testdev_dir")])
+RANDOM = "random"
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,7 @@ class Trainer:
         self.global_batch = self.training.train_batch_size * self.replicas
         self.steps = Steps.of(config, self.global_batch)
         self.variant = variant or get_variant(config.model_config.model_name)
+        self.eval_skip_reported = False
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -147,21 +162,44 @@ class Trainer:
         if found:
             epoch, path = found[-1]
             contents = read_tlt(path, self.key)
+            self._check_same_experiment(contents.manifest.get("config", {}), path)
             assign_arrays(self.model.weights, members_to_arrays(WEIGHTS, contents.members), str(path))
             if self.ema is not None and any(m.startswith(f"{EMA}/") for m in contents.members):
                 self.ema.load(members_to_arrays(EMA, contents.members))
-            self._load_optimizer(members_to_arrays(OPTIMIZER, contents.members), path)
+            self._load_state(self.optimizer.variables,
+                             members_to_arrays(OPTIMIZER, contents.members), path, "optimizer")
+            self._load_state(self.random_state(), members_to_arrays(RANDOM, contents.members),
+                             path, "random-generator")
             step = int(contents.manifest["step"])
             log.info("resuming from %s (epoch %d, step %d)", path, epoch, step)
             return path, step
-        if self.training.checkpoint:
-            self._transfer(Path(self.training.checkpoint))
+        # TAO's retrain sets both; with only pruned_model_path its weights are the start.
+        initial = self.training.checkpoint or self.training.pruned_model_path
+        if initial:
+            self._transfer(Path(initial))
         return None, 0
 
-    def _load_optimizer(self, arrays: dict[str, np.ndarray], source: Path) -> None:
-        variables = self.optimizer.variables
+    def _check_same_experiment(self, saved: dict[str, Any], source: Path) -> None:
+        """Refuse to continue a run whose spec changed in a way that changes the result."""
+        current = self.config.to_dict()
+        changed = [
+            f"{section}.{name}"
+            for section, values in current.items() if section != "eval_config"
+            for name, value in values.items()
+            if f"{section}.{name}" not in RUN_CONTROL_FIELDS
+            and saved.get(section, {}).get(name) != value
+        ]
+        if changed:
+            raise EffdetError(
+                f"{source}: the checkpoints in {self.model_dir} come from a different spec "
+                f"({', '.join(changed[:3])}{' …' if len(changed) > 3 else ''} changed); "
+                "train into a new model_dir or delete them")
+
+    @staticmethod
+    def _load_state(variables: list[Any], arrays: dict[str, np.ndarray], source: Path,
+                    what: str) -> None:
         if len(arrays) != len(variables):
-            raise EffdetError(f"{source}: optimizer state has {len(arrays)} variables, "
+            raise EffdetError(f"{source}: {what} state has {len(arrays)} variables, "
                               f"expected {len(variables)} (was the spec changed?)")
         for index, variable in enumerate(variables):
             variable.assign(arrays[f"{index:05d}"])
@@ -224,8 +262,6 @@ class Trainer:
                            reduce_retracing=True)
 
     def dataset(self, start_step: int):
-        from effdet.data.pipeline import train_dataset
-
         anchors = anchors_for(self.config.model_config, self.config.dataset_config.image_size)
 
         def make(input_context: tf.distribute.InputContext):
@@ -266,7 +302,8 @@ class Trainer:
             to_boundary = self.steps.per_epoch - step % self.steps.per_epoch
             count = min(self.training.iterations_per_loop, to_boundary, self.steps.stop - step)
             started = time.perf_counter()
-            result = loop(iterator, tf.constant(count))
+            with data_errors():
+                result = loop(iterator, tf.constant(count))
             losses = {k: float(v) for k, v in result.items()}
             elapsed = time.perf_counter() - started
             previous, step = step, step + count
@@ -315,11 +352,19 @@ class Trainer:
             return {}
         return {str(c["id"]): str(c["name"]) for c in categories if "id" in c and "name" in c}
 
+    def random_state(self) -> list[Any]:
+        """Seed-generator states (stochastic depth): outside `model.weights`, but a resumed
+        run must continue their sequence to end with the same weights."""
+        weights = {id(v) for v in self.model.weights}
+        return [v for v in self.model.variables if id(v) not in weights]
+
     def save(self, path: Path, step: int, with_optimizer: bool) -> None:
         optimizer_state = None
         if with_optimizer:
             optimizer_state = arrays_to_members(OPTIMIZER, {
                 f"{i:05d}": v.numpy() for i, v in enumerate(self.optimizer.variables)})
+            optimizer_state.update(arrays_to_members(RANDOM, {
+                f"{i:05d}": v.numpy() for i, v in enumerate(self.random_state())}))
         save_model(path, self.key, self.arch, self.model,
                    manifest=self.manifest(step),
                    ema=self.ema.arrays() if self.ema is not None else None,
@@ -334,12 +379,19 @@ class Trainer:
                 log.info("removed old checkpoint %s", old.name)
             log.info("saved checkpoint %s", path)
             self.reports.status("RUNNING", f"Saved checkpoint {path.name}", epoch=epoch)
-        if epoch % self.config.eval_config.eval_epoch_cycle == 0 and not last:
+        after_training = last and self.config.eval_config.eval_after_training
+        if epoch % self.config.eval_config.eval_epoch_cycle == 0 and not after_training:
             self.evaluate(epoch, step)
 
     def evaluate(self, epoch: int, step: int) -> None:
-        if not (self.reports is not None and self.config.dataset_config.validation_file_pattern
-                and Path(self.config.dataset_config.validation_json_file).is_file()):
+        if self.reports is None:
+            return
+        dataset = self.config.dataset_config
+        if not (dataset.validation_file_pattern and Path(dataset.validation_json_file).is_file()):
+            if not self.eval_skip_reported:
+                log.warning("no evaluation: dataset_config.validation_file_pattern or "
+                            "validation_json_file ('%s') is missing", dataset.validation_json_file)
+                self.eval_skip_reported = True
             return
         from effdet.tasks.evaluate import evaluate_model
 

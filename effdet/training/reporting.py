@@ -60,5 +60,5 @@ def _open_dvclive(directory: Path, resume: bool) -> Any:
     except ImportError:
         log.info("dvclive is not installed: no DVCLive metrics (pip install dvclive)")
         return None
-    # No dvc.yaml edits and no DVC experiment: the workflow's own dvc.yaml declares these files.
+    # No dvc.yaml edits and no DVC experiment: the files are plain outputs of the train step.
     return Live(dir=str(directory), resume=resume, report=None, save_dvc_exp=False, dvcyaml=None)
