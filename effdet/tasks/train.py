@@ -247,7 +247,9 @@ class Trainer:
 
     def make_loop(self):
         step_fn = self.make_step_fn()
-
+        if self.training.use_xla:
+            # Only the step: reading the input iterator cannot be compiled by XLA.
+            step_fn = tf.function(step_fn, jit_compile=True)
         names = ("det_loss", "cls_loss", "box_loss", "reg_loss", "total_loss")
 
         def run_steps(iterator, count):
@@ -258,8 +260,7 @@ class Trainer:
                           for k, v in per_replica.items()}
             return result
 
-        return tf.function(run_steps, jit_compile=self.training.use_xla or None,
-                           reduce_retracing=True)
+        return tf.function(run_steps, reduce_retracing=True)
 
     def dataset(self, start_step: int):
         anchors = anchors_for(self.config.model_config, self.config.dataset_config.image_size)
