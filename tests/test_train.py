@@ -221,7 +221,7 @@ def trainer_for(spec: Path, model_dir: Path, variant=TINY) -> Trainer:
     return trainer
 
 
-def test_optimizer_schedule_and_compilation_follow_the_spec(data, tmp_path):
+def test_optimizer_and_schedule_follow_the_spec(data, tmp_path):
     spec = write_spec(tmp_path / "spec.txt", data, training=(
         "momentum: 0.8 clip_gradients_norm: 2.5 use_xla: true lr_warmup_epoch: 2 num_epochs: 4"))
     trainer = trainer_for(spec, tmp_path / "m")
