@@ -116,6 +116,68 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_inference(args: argparse.Namespace) -> int:
+    from effdet.runtimes import KEYLESS_SUFFIXES
+
+    # A key is optional for plain .onnx and .engine files, but a given one is still checked
+    # (and registered as a secret) before anything else.
+    keyless = Path(args.model_path).suffix.lower() in KEYLESS_SUFFIXES
+    key = (None if keyless and args.key is None and not os.environ.get(KEY_ENV)
+           else resolve_key(args.key))
+    from effdet.tasks.inference import inference
+    from effdet.training.strategy import select_gpu
+
+    select_gpu(args.gpu_index)
+    inference(Path(args.in_image_path), Path(args.out_image_path), Path(args.experiment_spec),
+              Path(args.model_path), key,
+              label_dir=Path(args.out_label_path) if args.out_label_path else None,
+              label_map=Path(args.label_map) if args.label_map else None,
+              threshold=args.threshold, batch_size=args.batch_size)
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    key = resolve_key(args.key)
+    from effdet.tasks.export import export
+
+    export(Path(args.model_path), Path(args.experiment_spec),
+           Path(args.output_path) if args.output_path else None, key,
+           data_type=args.data_type, force=args.force, engine_file=args.engine_file,
+           cal_image_dir=args.cal_image_dir, cal_cache_file=args.cal_cache_file,
+           batch_size=args.batch_size, batches=args.batches, max_batch_size=args.max_batch_size,
+           max_workspace_size=args.max_workspace_size)
+    return 0
+
+
+def _run_gen_trt_engine(args: argparse.Namespace) -> int:
+    # Only an .etlt needs the key; an .onnx converts without one.
+    key = resolve_key(args.key) if Path(args.model_path).suffix == ".etlt" else None
+    from effdet.tasks.engine import gen_trt_engine
+
+    gen_trt_engine(Path(args.model_path), key, Path(args.engine_file), data_type=args.data_type,
+                   cal_image_dir=args.cal_image_dir, cal_cache_file=args.cal_cache_file,
+                   batch_size=args.batch_size, batches=args.batches,
+                   max_batch_size=args.max_batch_size,
+                   max_workspace_size=args.max_workspace_size)
+    return 0
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data_type", choices=["fp32", "fp16", "int8"], default="fp32",
+                        help="engine precision (default fp32)")
+    parser.add_argument("--cal_image_dir", default=None, help="int8 calibration images")
+    parser.add_argument("--cal_cache_file", default=None,
+                        help="int8 calibration cache (reused when it exists)")
+    parser.add_argument("--batch_size", type=_positive_int, default=1,
+                        help="calibration batch size (default 1)")
+    parser.add_argument("--batches", type=_positive_int, default=10,
+                        help="calibration batches (default 10)")
+    parser.add_argument("--max_batch_size", type=_positive_int, default=1,
+                        help="largest batch the engine accepts (default 1)")
+    parser.add_argument("--max_workspace_size", type=_positive_int, default=None,
+                        help="TensorRT builder workspace in bytes")
+
+
 def _not_implemented(task: str, issue: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         if getattr(args, "key", None) is not None or os.environ.get(KEY_ENV):
@@ -203,41 +265,44 @@ def build_parser() -> argparse.ArgumentParser:
     inference.add_argument("-o", "--out_image_path", required=True,
                            help="directory for the annotated images")
     _add_spec(inference)
-    _add_key(inference, "to decrypt the model (not needed for an engine)")
+    _add_key(inference, "to decrypt a .tlt or .etlt (not needed for .onnx or .engine)")
     inference.add_argument("-l", "--out_label_path", default=None,
                            help="directory for KITTI label files")
     inference.add_argument("--label_map", default=None,
                            help="text file: line i names class id i+1")
+    inference.add_argument("-t", "--threshold", type=float, default=None,
+                           help="minimum score drawn (default: eval_config.min_score_thresh)")
+    inference.add_argument("--batch_size", type=_positive_int, default=1,
+                           help="images per batch (default 1)")
     _add_runtime(inference)
-    inference.set_defaults(run=_not_implemented("inference", "issue 5"))
+    inference.set_defaults(run=_run_inference)
 
     export = tasks.add_parser("export", help="export a model to ONNX and .etlt",
                               description="Export a trained model for deployment.")
     export.add_argument("-m", "--model_path", required=True, help="the .tlt model to export")
     _add_key(export, "to decrypt the model and encrypt the .etlt")
     _add_spec(export, "--experiment_spec")
-    export.add_argument("-o", "--output_path", default=None, help="the .etlt to write")
+    export.add_argument("-o", "--output_path", default=None,
+                        help="the .etlt to write; the .onnx, .trt.onnx, labels.txt and "
+                        "nvinfer_config.txt go next to it (default: the model's path, .etlt)")
+    export.add_argument("--engine_file", default=None,
+                        help="also build an engine: ONNX Runtime's for a .onnx name, "
+                        "TensorRT's otherwise")
+    _add_engine_options(export)
+    export.add_argument("--force", action="store_true", help="overwrite existing outputs")
     _add_runtime(export)
-    export.set_defaults(run=_not_implemented("export", "issue 5"))
+    export.set_defaults(run=_run_export)
 
     engine = tasks.add_parser("gen_trt_engine", aliases=["gen-trt-engine"],
                               help="build a TensorRT engine from an exported model",
                               description="Build a TensorRT engine (GPU only).")
     engine.add_argument("-m", "--model_path", required=True, help="the .onnx or .etlt model")
     _add_key(engine, "to decrypt the .etlt")
-    engine.add_argument("--engine_file", required=True, help="the engine to write")
-    engine.add_argument("--data_type", choices=["fp32", "fp16", "int8"], default="fp32")
-    engine.add_argument("--cal_image_dir", default=None, help="int8 calibration images")
-    engine.add_argument("--cal_cache_file", default=None, help="int8 calibration cache")
-    engine.add_argument("--batch_size", type=_positive_int, default=1,
-                        help="calibration batch size")
-    engine.add_argument("--batches", type=_positive_int, default=10,
-                        help="calibration batches")
-    engine.add_argument("--max_batch_size", type=_positive_int, default=1)
-    engine.add_argument("--max_workspace_size", type=_positive_int, default=None,
-                        help="builder workspace in bytes")
+    engine.add_argument("--engine_file", required=True,
+                        help="the engine to write: TensorRT's, or ONNX Runtime's for a .onnx name")
+    _add_engine_options(engine)
     _add_runtime(engine)
-    engine.set_defaults(run=_not_implemented("gen_trt_engine", "issue 5"))
+    engine.set_defaults(run=_run_gen_trt_engine)
 
     spec = tasks.add_parser("spec", help="check a spec file and print the resolved configuration",
                             description="Print every resolved value (defaults marked) or the error.")

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import tensorflow as tf
+from bench_pipeline import images_per_second  # scripts/ is on sys.path when run as a script
 
 from effdet.data.convert import dataset_convert
 from effdet.data.synthetic import make_dataset
@@ -50,21 +51,6 @@ def step_rate(config: ExperimentConfig, workdir: Path, steps: int) -> float:
     return steps * config.training_config.train_batch_size / (time.perf_counter() - start)
 
 
-def pipeline_rate(config: ExperimentConfig, batches: int) -> float:
-    from effdet.anchors import anchors_for
-    from effdet.data.pipeline import train_dataset
-
-    anchors = anchors_for(config.model_config, config.dataset_config.image_size)
-    batch_size = config.training_config.train_batch_size
-    iterator = iter(train_dataset(config, anchors, batch_size=batch_size))
-    for _ in range(3):
-        next(iterator)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    return batches * batch_size / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,8 +73,8 @@ def main() -> None:
                 print(f"train step  batch {batch_size}  xla {'on ' if use_xla else 'off'}  "
                       f"{rate:7.2f} images/s", flush=True)
             config = experiment(root / "shards", args.image_size, batch_size, False)
-            print(f"pipeline    batch {batch_size}           {pipeline_rate(config, 20):7.2f} "
-                  "images/s", flush=True)
+            rate = images_per_second(config, batch_size, batches=20)
+            print(f"pipeline    batch {batch_size}           {rate:7.2f} images/s", flush=True)
 
 
 if __name__ == "__main__":

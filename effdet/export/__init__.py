@@ -1,0 +1,1 @@
+"""Deployment graphs: ONNX (ONNX Runtime), TensorRT-flavoured ONNX, DeepStream files."""

@@ -1,0 +1,149 @@
+"""The exported detection graph: 0..255 image in, TAO's four detection outputs out.
+
+Input `input`: float32 [batch, H, W, 3] RGB in 0..255, H x W the model's image_size, the image
+already resized (aspect kept, bilinear) into the top-left corner and padded bottom/right with
+MEAN_RGB (in 0..255), not 0. Normalisation runs inside the graph, as in TAO's exported models,
+and turns that padding into exactly 0 - what training and evaluation see, since they pad after
+normalising. `network_input` prepares images this way (runtimes and int8 calibration use it).
+
+Outputs (ONNX Runtime graph): `num_detections` int32 [batch, 1], `detection_boxes` float32
+[batch, N, 4] [ymin, xmin, ymax, xmax] in network-input pixels, `detection_scores` float32
+[batch, N], `detection_classes` int32 [batch, N] category ids (head channel + 1), N =
+eval_config.max_detections_per_image, zero past num_detections.
+
+NMS is hard NMS at IoU 0.5 (ONNX NonMaxSuppression has no soft-NMS; the .tlt path evaluates
+with Gaussian soft-NMS, so exported scores and boxes differ from `effdet evaluate`'s in the
+tail). The score floor is EXPORT_MIN_SCORE, low so the graph serves evaluation-like uses too;
+runtimes apply the user's threshold (eval_config.min_score_thresh) afterwards. Pre-NMS top-k
+(postprocess.PRE_NMS_TOPK class/anchor pairs) is kept, so the graph selects exactly what
+`postprocess(..., nms_method="hard")` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import onnx
+import tensorflow as tf
+
+from effdet import box_coder
+from effdet.anchors import Anchors, anchors_for
+from effdet.data.preprocess import MEAN_RGB, normalize_image, resize_and_pad
+from effdet.model.saving import Architecture
+from effdet.postprocess import NMS_IOU_THRESHOLD, PRE_NMS_TOPK, flatten_outputs
+
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+# The TensorRT-flavoured graph stops before NMS; EfficientNMS_TRT takes these.
+BOX_CODES, CLASS_LOGITS = "box_codes", "class_logits"
+EXPORT_MIN_SCORE = 0.001
+OPSET = 17
+BATCH_DIM = "batch"
+
+
+def network_input(image: tf.Tensor, image_size: tuple[int, int]) -> tuple[tf.Tensor, tf.Tensor]:
+    """RGB 0..255 [h, w, 3] -> the graph's input [H, W, 3] (mean-padded) and scale (resized/original).
+
+    Bilinear resizing is linear, so resizing (image - mean) and adding the mean back is the
+    plain resize with MEAN_RGB padding.
+    """
+    mean = tf.constant(MEAN_RGB)
+    shifted, scale = resize_and_pad(tf.cast(image, tf.float32) - mean, image_size)
+    return shifted + mean, scale
+
+
+def _signature(image_size: tuple[int, int]) -> list[tf.TensorSpec]:
+    return [tf.TensorSpec([None, image_size[0], image_size[1], 3], tf.float32, name=INPUT_NAME)]
+
+
+def _head(model: keras.Model, architecture: Architecture,
+          images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    class_outputs, box_outputs = model(normalize_image(images), training=False)
+    return flatten_outputs(class_outputs, box_outputs, architecture.head_classes)
+
+
+def detection_function(model: keras.Model, architecture: Architecture, *, max_detections: int,
+                       min_score: float = EXPORT_MIN_SCORE,
+                       iou_threshold: float = NMS_IOU_THRESHOLD) -> Callable[..., dict]:
+    """The ONNX Runtime graph as a tf.function (combined NMS becomes ONNX NonMaxSuppression)."""
+    anchors = anchors_for(architecture.model_config, architecture.image_size)
+    num_classes = architecture.head_classes
+    height, width = architecture.image_size
+
+    @tf.function(input_signature=_signature(architecture.image_size))
+    def detect(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        logits, codes = _head(model, architecture, images)
+        batch = tf.shape(logits)[0]
+        boxes = box_coder.decode(codes, tf.constant(anchors.boxes)[None])
+        boxes = tf.clip_by_value(boxes, 0.0, tf.constant([height, width, height, width],
+                                                         tf.float32))
+        # postprocess keeps only the top-k (anchor, class) logits; zeroing the rest (below the
+        # score floor) keeps that selection without gathers.
+        flat = tf.reshape(logits, [batch, -1])
+        k = min(PRE_NMS_TOPK, int(anchors.boxes.shape[0]) * num_classes)
+        kth = tf.math.top_k(flat, k=k, sorted=True).values[:, -1:]
+        scores = tf.where(flat >= kth, tf.sigmoid(flat), 0.0)
+        scores = tf.reshape(scores, [batch, -1, num_classes])
+        # Hard NMS is per class and independent across classes, so per-class NMS followed by a
+        # global top-N equals postprocess's greedy class-aware loop.
+        nms_boxes, nms_scores, nms_classes, valid = tf.image.combined_non_max_suppression(
+            boxes[:, :, None, :], scores, max_output_size_per_class=max_detections,
+            max_total_size=max_detections, iou_threshold=iou_threshold,
+            score_threshold=min_score, pad_per_class=False, clip_boxes=False)
+        classes = tf.where(nms_scores > 0, tf.cast(nms_classes, tf.int32) + 1, 0)
+        return {"num_detections": tf.cast(valid, tf.int32)[:, None], "detection_boxes": nms_boxes,
+                "detection_scores": nms_scores, "detection_classes": classes}
+
+    return detect
+
+
+def head_function(model: keras.Model, architecture: Architecture) -> Callable[..., dict]:
+    """The network without NMS: box codes [B, anchors, 4], class logits [B, anchors, classes]."""
+
+    @tf.function(input_signature=_signature(architecture.image_size))
+    def head(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        logits, codes = _head(model, architecture, images)
+        return {BOX_CODES: codes, CLASS_LOGITS: logits}
+
+    return head
+
+
+def to_onnx(function: Callable[..., dict], output_names: tuple[str, ...],
+            opset: int = OPSET) -> onnx.ModelProto:
+    """Convert with tf2onnx and give the outputs our order and the batch axis a name."""
+    import tf2onnx
+
+    model, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature,
+                                             opset=opset)
+    by_name = {o.name: o for o in model.graph.output}
+    ordered = [by_name[name] for name in output_names]
+    del model.graph.output[:]
+    model.graph.output.extend(ordered)
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    onnx.checker.check_model(model)
+    return model
+
+
+def anchors_center_size(anchors: Anchors) -> np.ndarray:
+    """Anchors as [1, N, 4] (y_center, x_center, height, width): EfficientNMS_TRT's box_coding 1."""
+    ymin, xmin, ymax, xmax = np.moveaxis(anchors.boxes.astype(np.float32), -1, 0)
+    return np.stack([(ymin + ymax) / 2, (xmin + xmax) / 2, ymax - ymin, xmax - xmin],
+                    axis=-1)[None].astype(np.float32)
+
+
+# Metadata stored in the ONNX model (hence also in the .etlt), so engines built later and
+# runtimes know what the spec said without it.
+LABELS_KEY = "effdet.labels"  # JSON list: index = category id, 0 = "background"
+MIN_SCORE_KEY = "effdet.min_score_thresh"  # the spec's drawing threshold (runtimes apply it)
+
+
+def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    for name, value in values.items():
+        model.metadata_props.add(key=name, value=value)
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}

@@ -1,0 +1,153 @@
+"""gen_trt_engine: ONNX Runtime engines on CPU, TensorRT's refusal without TensorRT/GPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from effdet.data.preprocess import MEAN_RGB
+from effdet.errors import EffdetError
+from effdet.export import onnx_graph
+from effdet.model.saving import save_model
+from effdet.tasks import engine
+from effdet.tasks.engine import EngineUnavailable, calibration_batches, gen_trt_engine
+from effdet.tasks.export import export
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "engine-test-Key-5"
+NO_TENSORRT = ("TensorRT cannot be installed on this machine: its wheels fetch the libraries "
+               "from NVIDIA's index")
+
+
+def tensorrt_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    from test_export import tiny_architecture, write_spec
+
+    root = tmp_path_factory.mktemp("engine")
+    architecture = tiny_architecture()
+    model_path = root / "m.tlt"
+    save_model(model_path, KEY, architecture, architecture.build(), manifest={})
+    result = export(model_path, write_spec(root), root / "m.etlt", KEY)
+    return {"root": root, "result": result}
+
+
+def run(path: Path, images: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {onnx_graph.INPUT_NAME: images})
+
+
+def test_onnx_runtime_engine_from_etlt_gives_the_same_detections(exported, tmp_path):
+    images = np.random.default_rng(1).uniform(0, 255, (2, 128, 128, 3)).astype(np.float32)
+    target = gen_trt_engine(exported["result"].etlt_path, KEY, tmp_path / "m.engine.onnx")
+    assert target.exists()
+    for got, expected in zip(run(target, images), run(exported["result"].onnx_path, images)):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert not (tmp_path / "labels.txt").exists()  # DeepStream runs TensorRT engines only
+
+
+def test_onnx_runtime_engine_options_use_every_core():
+    options = engine.ort_session_options()
+    assert options.intra_op_num_threads == (os.cpu_count() or 1)
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_tensorrt_graph_is_refused_by_onnx_runtime(exported, tmp_path):
+    with pytest.raises(EffdetError, match="TensorRT engine"):
+        gen_trt_engine(exported["result"].trt_onnx_path, None, tmp_path / "x.onnx")
+
+
+def test_without_tensorrt_the_error_says_so_with_exit_2(exported, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on this machine: import fails
+    with pytest.raises(EngineUnavailable, match="TensorRT is not installed") as error:
+        gen_trt_engine(exported["result"].trt_onnx_path, None, tmp_path / "m.engine")
+    assert error.value.exit_code == 2 and "\n" not in str(error.value)
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_etlt_needs_the_right_key(exported, tmp_path):
+    with pytest.raises(EffdetError, match="wrong key") as error:
+        gen_trt_engine(exported["result"].etlt_path, "not-the-key", tmp_path / "m.onnx")
+    assert "\n" not in str(error.value)
+    with pytest.raises(EffdetError, match="expected an .onnx or .etlt"):
+        gen_trt_engine(tmp_path / "m.tlt", KEY, tmp_path / "m.onnx")
+    with pytest.raises(EffdetError, match="would overwrite the model"):
+        gen_trt_engine(exported["result"].onnx_path, None, exported["result"].onnx_path)
+
+
+def test_deepstream_files_for_an_engine_come_from_the_model_metadata(exported, tmp_path):
+    onnx_bytes = exported["result"].trt_onnx_path.read_bytes()
+    labels, config = engine.write_engine_deepstream_files(
+        onnx_bytes, tmp_path / "m.engine", data_type="int8", batch_size=4,
+        cal_cache_file=tmp_path / "cal.bin", onnx_file=exported["result"].trt_onnx_path)
+    assert labels.read_text().splitlines()[:2] == ["background", "circle"]
+    text = config.read_text()
+    for line in ["model-engine-file=m.engine", "network-mode=1", "int8-calib-file=cal.bin",
+                 "batch-size=4", "pre-cluster-threshold=0.3", "infer-dims=3;128;128",
+                 f"onnx-file={exported['result'].trt_onnx_path.resolve()}"]:
+        assert line in text.splitlines()
+
+
+def test_calibration_batches_prepare_images_as_the_graph_expects(tmp_path, caplog):
+    rng = np.random.default_rng(2)
+    for i, (h, w) in enumerate([(64, 32), (50, 100), (128, 128)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    batches = list(calibration_batches(tmp_path, (128, 128), batch_size=2, batches=5))
+    assert len(batches) == 1 and "only 1 of 5" in caplog.text
+    assert batches[0].shape == (2, 128, 128, 3) and batches[0].dtype == np.float32
+    np.testing.assert_allclose(batches[0][0, :, 64:], np.broadcast_to(MEAN_RGB, (128, 64, 3)),
+                               atol=1e-3)
+    expected = onnx_graph.network_input(
+        tf.constant(np.asarray(Image.open(tmp_path / "1.png"))), (128, 128))[0]
+    np.testing.assert_allclose(batches[0][1], expected.numpy())
+    with pytest.raises(EffdetError, match="at least 4 calibration images"):
+        next(calibration_batches(tmp_path, (128, 128), batch_size=4, batches=1))
+
+
+def test_cli_gen_trt_engine_without_tensorrt_is_one_line_exit_2(exported, tmp_path):
+    if tensorrt_available():
+        pytest.skip("TensorRT is installed here")
+    env = {k: v for k, v in os.environ.items() if k not in ("EFFDET_KEY", "EFFDET_DEBUG")}
+    result = subprocess.run(
+        [sys.executable, "-m", "effdet", "gen_trt_engine", "-m",
+         str(exported["result"].etlt_path), "-k", KEY, "--engine_file",
+         str(tmp_path / "m.engine"), "--data_type", "fp16"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120, check=False)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("effdet: error: TensorRT is not installed")
+    assert "Traceback" not in result.stderr and KEY not in result.stderr
+
+
+@pytest.mark.parametrize("data_type", ["fp32", "fp16", "int8"])
+def test_tensorrt_engine_builds_with_deepstream_files(exported, tmp_path, data_type):
+    if not tensorrt_available():
+        pytest.skip(NO_TENSORRT)
+    images = tmp_path / "cal"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    cache = tmp_path / "cal.bin"
+    engine_file = gen_trt_engine(exported["result"].trt_onnx_path, None, tmp_path / "m.engine",
+                                 data_type=data_type, cal_image_dir=images, cal_cache_file=cache,
+                                 batch_size=2, batches=2, max_batch_size=2)
+    assert engine_file.stat().st_size > 0
+    assert (tmp_path / "labels.txt").exists() and (tmp_path / "nvinfer_config.txt").exists()
+    assert cache.exists() == (data_type == "int8")

@@ -1,0 +1,297 @@
+"""export: a tiny .tlt (EMA weights) -> ONNX matching Keras + hard NMS, .etlt, TensorRT graph."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tensorflow as tf
+
+from effdet.anchors import anchors_for
+from effdet.data.preprocess import MEAN_RGB, normalize_image
+from effdet.errors import EffdetError
+from effdet.export import deepstream, onnx_graph, trt_graph
+from effdet.formats.etlt import read_etlt
+from effdet.model.saving import Architecture, save_model
+from effdet.model.variants import get_variant
+from effdet.postprocess import postprocess
+from effdet.spec.config import ModelConfig
+from effdet.tasks.export import export
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "export-test-Key-3"
+TINY = {"fpn_num_filters": 16, "fpn_cell_repeats": 1, "box_class_repeats": 1,
+        "width_coefficient": 0.25, "depth_coefficient": 0.25}
+MAX_DETECTIONS = 20
+CATEGORIES = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"},
+              {"id": 3, "name": "triangle"}, {"id": 4, "name": "diamond"}]
+
+
+def tiny_architecture() -> Architecture:
+    return Architecture(ModelConfig(), 5, (128, 128), get_variant("efficientdet-d0").replace(**TINY))
+
+
+def write_spec(root: Path) -> Path:
+    val_json = root / "val.json"
+    val_json.write_text(json.dumps({"images": [], "annotations": [], "categories": CATEGORIES}))
+    spec = root / "spec.txt"
+    spec.write_text(f"""
+dataset_config {{
+  num_classes: 5
+  image_size: "128,128"
+  validation_json_file: "{val_json}"
+}}
+eval_config {{
+  min_score_thresh: 0.3
+  max_detections_per_image: {MAX_DETECTIONS}
+}}
+""")
+    return spec
+
+
+def spread_outputs(model) -> None:
+    """Give the untrained heads a trained model's range: scores spread over (0, 1) and boxes
+    off their anchors. (Untrained, the features reaching the heads have a spread of ~1e-4:
+    every score sits at the 0.01 prior and every box on its anchor.)"""
+    scales = {"class_net_predict/pointwise_kernel": 3e3, "box_net_predict/pointwise_kernel": 5e2}
+    for variable in model.weights:
+        if variable.path == "class_net_predict/bias":
+            variable.assign(np.full(variable.shape, -2.0, np.float32))
+        elif variable.path in scales:
+            variable.assign(variable * scales[variable.path])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("export")
+    keras.utils.set_random_seed(11)
+    architecture = tiny_architecture()
+    raw = architecture.build()
+    # The EMA weights come from a different network: export must use them, not the raw ones.
+    ema_model = architecture.build()
+    spread_outputs(ema_model)
+    ema = {v.path: np.asarray(v) for v in ema_model.weights}
+    model_path = root / "m.tlt"
+    save_model(model_path, KEY, architecture, raw, manifest={"epoch": 3}, ema=ema)
+    spec = write_spec(root)
+    result = export(model_path, spec, root / "out" / "m.etlt", KEY)
+    return {"root": root, "spec": spec, "model_path": model_path, "result": result,
+            "ema_model": ema_model, "architecture": architecture}
+
+
+def demo_images() -> tf.Tensor:
+    """Two images of other sizes than the network's, prepared as the graph expects."""
+    rng = np.random.default_rng(5)
+    images = []
+    for height, width in [(100, 160), (140, 90)]:
+        pixels = rng.integers(0, 256, (height, width, 3)).astype(np.uint8)
+        pixels[20:60, 30:80] = [250, 20, 20]  # a flat block gives the network some structure
+        images.append(onnx_graph.network_input(tf.constant(pixels), (128, 128))[0])
+    return tf.stack(images)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    inter_h = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    inter_w = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = inter_h * inter_w
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+
+
+def assert_same_detections(got: dict, expected: dict) -> None:
+    np.testing.assert_array_equal(got["num_detections"], expected["num_detections"])
+    for b, (count,) in enumerate(expected["num_detections"]):
+        assert count > 0
+        boxes = got["detection_boxes"][b, :count]
+        expected_boxes = expected["detection_boxes"][b, :count]
+        # Boxes clipped to nothing at the image border have no IoU: compare their corners.
+        same = (box_iou(boxes, expected_boxes) >= 0.99) | np.all(
+            np.abs(boxes - expected_boxes) <= 1e-2, axis=1)
+        assert same.all(), (boxes[~same], expected_boxes[~same])
+        np.testing.assert_allclose(got["detection_scores"][b, :count],
+                                   expected["detection_scores"][b, :count], atol=1e-3)
+        np.testing.assert_array_equal(got["detection_classes"][b, :count],
+                                      expected["detection_classes"][b, :count])
+
+
+def keras_detections(model, architecture: Architecture, images: tf.Tensor) -> dict:
+    class_outputs, box_outputs = model(normalize_image(images), training=False)
+    outputs = postprocess(class_outputs, box_outputs,
+                          anchors_for(architecture.model_config, architecture.image_size),
+                          architecture.head_classes, max_detections=MAX_DETECTIONS,
+                          min_score=onnx_graph.EXPORT_MIN_SCORE, nms_method="hard")
+    return {k: v.numpy() for k, v in outputs.items()}
+
+
+def run_onnx(path: Path, images: tf.Tensor) -> dict:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, {onnx_graph.INPUT_NAME: images.numpy()})))
+
+
+def test_onnx_passes_checker_and_matches_keras_with_hard_nms(exported):
+    path = exported["result"].onnx_path
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == [onnx_graph.INPUT_NAME]
+    assert [o.name for o in model.graph.output] == list(onnx_graph.OUTPUT_NAMES)
+    assert "NonMaxSuppression" in {n.op_type for n in model.graph.node}
+    metadata = onnx_graph.read_metadata(model)
+    assert json.loads(metadata[onnx_graph.LABELS_KEY]) == [
+        "background", "circle", "square", "triangle", "diamond"]
+    assert float(metadata[onnx_graph.MIN_SCORE_KEY]) == 0.3
+
+    images = demo_images()
+    got = run_onnx(path, images)
+    assert got["num_detections"].dtype == np.int32 and got["num_detections"].shape == (2, 1)
+    assert got["detection_boxes"].shape == (2, MAX_DETECTIONS, 4)
+    assert got["detection_classes"].dtype == np.int32
+    assert_same_detections(got, keras_detections(exported["ema_model"],
+                                                 exported["architecture"], images))
+    # Dynamic batch: one image alone gives its row of the batch.
+    single = run_onnx(path, images[1:])
+    np.testing.assert_allclose(single["detection_scores"][0], got["detection_scores"][1],
+                               atol=1e-5)
+
+
+def test_network_input_pads_with_the_mean_colour():
+    image = tf.fill([64, 32, 3], 200.0)
+    prepared, scale = onnx_graph.network_input(image, (128, 128))
+    assert float(scale) == 2.0
+    np.testing.assert_allclose(prepared[:, :64].numpy(), 200.0, atol=1e-4)
+    np.testing.assert_allclose(prepared[:, 64:].numpy(), np.broadcast_to(MEAN_RGB, (128, 64, 3)),
+                               atol=1e-4)
+    np.testing.assert_allclose(normalize_image(prepared)[:, 64:].numpy(), 0.0, atol=1e-6)
+
+
+def test_etlt_holds_the_onnx_bytes_and_needs_the_key(exported):
+    result = exported["result"]
+    assert read_etlt(result.etlt_path, KEY) == result.onnx_path.read_bytes()
+    assert result.etlt_path.read_bytes()[:4] == b"\0\0\0\0"
+    with pytest.raises(EffdetError, match="wrong key") as error:
+        read_etlt(result.etlt_path, "not-the-key")
+    assert "\n" not in str(error.value)
+
+
+def test_wrong_model_key_is_one_line_error(exported, tmp_path):
+    with pytest.raises(EffdetError, match="wrong key") as error:
+        export(exported["model_path"], exported["spec"], tmp_path / "x.etlt", "not-the-key")
+    assert "\n" not in str(error.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_existing_outputs_are_kept_without_force(exported, tmp_path):
+    target = tmp_path / "m.etlt"
+    (tmp_path / "m.trt.onnx").write_bytes(b"old")
+    with pytest.raises(EffdetError, match="already exists.*--force"):
+        export(exported["model_path"], exported["spec"], target, KEY)
+    assert (tmp_path / "m.trt.onnx").read_bytes() == b"old" and not target.exists()
+    result = export(exported["model_path"], exported["spec"], target, KEY, force=True)
+    assert onnx.load(str(result.trt_onnx_path)).graph.node
+
+
+def test_tensorrt_graph_has_the_efficient_nms_plugin(exported):
+    model = onnx.load(str(exported["result"].trt_onnx_path))
+    graph = model.graph
+    nms = [n for n in graph.node if n.op_type == trt_graph.PLUGIN_OP]
+    assert len(nms) == 1
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in nms[0].attribute}
+    assert attributes == {"plugin_version": b"1", "background_class": -1,
+                          "max_output_boxes": MAX_DETECTIONS,
+                          "score_threshold": pytest.approx(onnx_graph.EXPORT_MIN_SCORE),
+                          "iou_threshold": pytest.approx(0.5), "score_activation": 1,
+                          "class_agnostic": 0, "box_coding": 1}
+    assert list(nms[0].output) == list(onnx_graph.OUTPUT_NAMES)
+    assert [i.name for i in graph.input] == [onnx_graph.INPUT_NAME]
+
+    def signature(value):
+        tensor = value.type.tensor_type
+        return tensor.elem_type, [d.dim_param or d.dim_value for d in tensor.shape.dim]
+
+    assert signature(graph.input[0]) == (onnx.TensorProto.FLOAT, ["batch", 128, 128, 3])
+    assert [signature(o) for o in graph.output] == [
+        (onnx.TensorProto.INT32, ["batch", 1]),
+        (onnx.TensorProto.FLOAT, ["batch", MAX_DETECTIONS, 4]),
+        (onnx.TensorProto.FLOAT, ["batch", MAX_DETECTIONS]),
+        (onnx.TensorProto.INT32, ["batch", MAX_DETECTIONS])]
+
+    # Inputs: box codes, class logits (sigmoid in the plugin), anchors as an embedded constant.
+    architecture = exported["architecture"]
+    anchors = anchors_for(architecture.model_config, architecture.image_size)
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    codes, logits, anchor_name = nms[0].input
+    np.testing.assert_array_equal(constants[anchor_name], onnx_graph.anchors_center_size(anchors))
+    assert constants[anchor_name].shape == (1, anchors.boxes.shape[0], 4)
+    ymin, xmin, ymax, xmax = anchors.boxes[0]
+    np.testing.assert_allclose(constants[anchor_name][0, 0],
+                               [(ymin + ymax) / 2, (xmin + xmax) / 2, ymax - ymin, xmax - xmin])
+    # The same network as the ONNX Runtime graph: its pre-NMS outputs equal the Keras head's.
+    head = onnx.helper.make_model(graph, opset_imports=model.opset_import)
+    del head.graph.node[-1]
+    del head.graph.output[:]
+    head.graph.output.extend([onnx.helper.make_tensor_value_info(codes, onnx.TensorProto.FLOAT, None),
+                              onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT,
+                                                                 None)])
+    session = ort.InferenceSession(head.SerializeToString(), providers=["CPUExecutionProvider"])
+    images = demo_images()
+    got_codes, got_logits = session.run(None, {onnx_graph.INPUT_NAME: images.numpy()})
+    class_outputs, box_outputs = exported["ema_model"](normalize_image(images), training=False)
+    assert got_logits.shape == (2, anchors.boxes.shape[0], 4)
+    np.testing.assert_allclose(got_logits[:, :16 * 16 * 9].reshape(2, 16, 16, 36),
+                               class_outputs[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(got_codes[:, :16 * 16 * 9].reshape(2, 16, 16, 36),
+                               box_outputs[0].numpy(), atol=1e-4)
+
+
+def test_deepstream_files_next_to_the_etlt(exported):
+    result = exported["result"]
+    assert result.labels_path == result.etlt_path.parent / "labels.txt"
+    assert result.labels_path.read_text().splitlines() == [
+        "background", "circle", "square", "triangle", "diamond"]
+    config = dict(line.split("=", 1) for line in result.nvinfer_config_path.read_text()
+                  .splitlines() if "=" in line)
+    assert config["onnx-file"] == "m.trt.onnx"
+    assert config["labelfile-path"] == "labels.txt"
+    assert config["infer-dims"] == "3;128;128" and config["network-input-order"] == "1"
+    assert config["output-blob-names"] == (
+        "num_detections;detection_boxes;detection_scores;detection_classes")
+    assert config["num-detected-classes"] == "5" and config["network-mode"] == "0"
+    assert config["net-scale-factor"] == "1.0" and config["pre-cluster-threshold"] == "0.3"
+    assert config["parse-bbox-func-name"] == "NvDsInferParseCustomEfficientDetTAO"
+    assert "model-engine-file" not in config
+
+
+def test_class_names_fall_back_to_ids(tmp_path, caplog):
+    assert deepstream.class_names(3, None) == ["background", "class_1", "class_2"]
+    assert deepstream.class_names(2, tmp_path / "missing.json") == ["background", "class_1"]
+    assert "no class names" in caplog.text
+
+
+def test_cli_export_with_onnx_runtime_engine(exported, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("EFFDET_KEY", "EFFDET_DEBUG")}
+    args = ["export", "-m", str(exported["model_path"]), "-e", str(exported["spec"]),
+            "-o", str(tmp_path / "cli.etlt"), "-k", KEY, "--engine_file",
+            str(tmp_path / "cli.ort.onnx")]
+    result = subprocess.run([sys.executable, "-m", "effdet", *args], capture_output=True,
+                            text=True, cwd=ROOT, env=env, timeout=240, check=False)
+    assert result.returncode == 0, result.stderr
+    assert KEY not in result.stdout + result.stderr
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"cli.onnx", "cli.etlt", "cli.trt.onnx", "cli.ort.onnx", "labels.txt",
+            "nvinfer_config.txt"} <= names
+    images = demo_images()
+    assert_same_detections(run_onnx(tmp_path / "cli.ort.onnx", images),
+                           run_onnx(exported["result"].onnx_path, images))
+    again = subprocess.run([sys.executable, "-m", "effdet", *args], capture_output=True,
+                           text=True, cwd=ROOT, env=env, timeout=240, check=False)
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines()[-1].endswith(
+        "already exists (pass --force to overwrite)")
