@@ -105,8 +105,19 @@ def _run_spec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_key(args: argparse.Namespace) -> str | None:
+    """The key, optional for plain .onnx and .engine files; a given one is still checked
+    (and registered as a secret) before anything else."""
+    from effdet.runtimes import KEYLESS_SUFFIXES
+
+    keyless = Path(args.model_path).suffix.lower() in KEYLESS_SUFFIXES
+    if keyless and args.key is None and not os.environ.get(KEY_ENV):
+        return None
+    return resolve_key(args.key)
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
-    key = resolve_key(args.key)
+    key = _model_key(args)
     from effdet.tasks.evaluate import evaluate
     from effdet.training.strategy import select_gpu
 
@@ -117,13 +128,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_inference(args: argparse.Namespace) -> int:
-    from effdet.runtimes import KEYLESS_SUFFIXES
-
-    # A key is optional for plain .onnx and .engine files, but a given one is still checked
-    # (and registered as a secret) before anything else.
-    keyless = Path(args.model_path).suffix.lower() in KEYLESS_SUFFIXES
-    key = (None if keyless and args.key is None and not os.environ.get(KEY_ENV)
-           else resolve_key(args.key))
+    key = _model_key(args)
     from effdet.tasks.inference import inference
     from effdet.training.strategy import select_gpu
 
@@ -229,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = tasks.add_parser("evaluate", help="COCO metrics of a model on the validation set",
                                 description="Evaluate a model with COCO metrics.")
     _add_spec(evaluate)
-    evaluate.add_argument("-m", "--model_path", required=True, help="the .tlt model to evaluate")
+    evaluate.add_argument("-m", "--model_path", required=True,
+                          help="the model to evaluate: .tlt, .onnx, .etlt or .engine")
     _add_key(evaluate, "to decrypt the model")
     evaluate.add_argument("-o", "--output_dir", default=None,
                           help="where to write metrics.json (default: the model's directory)")

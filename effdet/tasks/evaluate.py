@@ -1,4 +1,7 @@
-"""`effdet evaluate`: COCO metrics of a .tlt model on the validation set, written to metrics.json.
+"""`effdet evaluate`: COCO metrics of a model on the validation set, written to metrics.json.
+
+A .tlt runs as a Keras model over the evaluation pipeline; exported models (.onnx, .etlt,
+.engine) run through their runtime (`effdet.runtimes`) on the same validation images.
 
 Detection for metrics follows TAO/automl's evaluation rather than eval_config.min_score_thresh
 (which is meant for drawing/inference): no score floor (METRIC_MIN_SCORE) and at most
@@ -9,6 +12,8 @@ would cut the low-confidence tail of the precision/recall curve and understate A
 from __future__ import annotations
 
 import dataclasses
+import io
+import itertools
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -19,6 +24,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from effdet.anchors import anchors_for
 from effdet.coco_metrics import coco_metrics, format_metrics, json_ready
@@ -44,7 +50,7 @@ class Detections:
     image_ids: list[int]  # every image run, including those without detections
 
 
-def evaluate(experiment_spec: str | Path, model_path: str | Path, key: str, *,
+def evaluate(experiment_spec: str | Path, model_path: str | Path, key: str | None, *,
              output_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate the .tlt at `model_path` (EMA weights) and write `output_dir`/metrics.json.
 
@@ -52,13 +58,61 @@ def evaluate(experiment_spec: str | Path, model_path: str | Path, key: str, *,
     """
     model_path = Path(model_path)
     config = load_spec(experiment_spec)
-    loaded = load_model(model_path, key)
-    metrics = evaluate_model(loaded.model, loaded.architecture, config)
-    report = {**metrics, "model_path": str(model_path), "epoch": loaded.manifest.get("epoch")}
+    if model_path.suffix.lower() == ".tlt":
+        loaded = load_model(model_path, key or "")
+        metrics = evaluate_model(loaded.model, loaded.architecture, config)
+        epoch = loaded.manifest.get("epoch")
+    else:
+        metrics, epoch = evaluate_deployed(model_path, key, config), None
+    report = {**metrics, "model_path": str(model_path), "epoch": epoch}
     target = Path(output_dir if output_dir is not None else model_path.parent) / METRICS_FILE
     atomic_write_bytes(target, (json.dumps(json_ready(report), indent=2) + "\n").encode())
     log.info("wrote %s", target)
     return report
+
+
+def evaluate_deployed(model_path: Path, key: str | None,
+                      config: ExperimentConfig) -> dict[str, Any]:
+    """COCO metrics of an exported model through its runtime, on the first eval_samples
+    validation images (the exported graph's own NMS and score floor apply)."""
+    from effdet.data.records import read_examples
+    from effdet.runtimes import open_detector
+
+    detector = open_detector(model_path, key, config, min_score=METRIC_MIN_SCORE)
+    evaluation = config.eval_config
+    examples = itertools.islice(read_examples(config.dataset_config.validation_file_pattern),
+                                evaluation.eval_samples)
+    rows, image_ids = [], []
+    try:
+        for batch in iter(lambda: list(itertools.islice(examples, evaluation.eval_batch_size)),
+                          []):
+            images = [decode_rgb(example["image"], example["filename"]) for example in batch]
+            for example, found in zip(batch, detector.detect(images)):
+                image_id = int(example["source_id"])
+                image_ids.append(image_id)
+                x1, y1, x2, y2 = found.boxes.T.astype(np.float64)
+                rows.append(np.stack([np.full(len(found), image_id, np.float64), x1, y1,
+                                      x2 - x1, y2 - y1, found.scores, found.classes], axis=1))
+    finally:
+        detector.close()
+    if not image_ids:
+        raise EffdetError(f"{config.dataset_config.validation_file_pattern}: no validation "
+                          "images to evaluate")
+    metrics = coco_metrics(config.dataset_config.validation_json_file,
+                           np.concatenate(rows) if rows else np.zeros((0, 7)),
+                           image_ids=image_ids)
+    metrics["num_images"] = len(image_ids)
+    log.info("COCO metrics of %s on %d images:\n%s", model_path, len(image_ids),
+             format_metrics(metrics))
+    return metrics
+
+
+def decode_rgb(encoded: bytes, name: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError) as exc:
+        raise EffdetError(f"{name}: cannot decode the stored image ({exc})") from None
 
 
 def evaluate_model(model: keras.Model, architecture: Architecture, config: ExperimentConfig, *,
