@@ -47,13 +47,12 @@ augmentation_config {{ rand_hflip: true random_crop_min_scale: 0.8 random_crop_m
     metrics = evaluate_cli(spec, tmp_path / "model" / "model.tlt", tmp_path / "eval")
     assert metrics["AP50"] >= 0.5, metrics
 
-    # The exported model keeps the accuracy. Its graph uses hard NMS where the .tlt path uses
-    # Gaussian soft-NMS, which alone moves AP by about a point here (0.404 vs 0.394 measured).
+    # The exported model keeps the accuracy: within half an AP point (issue 5).
     effdet_cli("export", "-m", str(tmp_path / "model" / "model.tlt"), "-e", str(spec),
                "-o", str(tmp_path / "export" / "model.etlt"))
     for exported in ("model.onnx", "model.etlt"):
         deployed = evaluate_cli(spec, tmp_path / "export" / exported, tmp_path / exported)
-        assert abs(deployed["AP"] - metrics["AP"]) <= 0.02, (exported, deployed["AP"], metrics["AP"])
+        assert abs(deployed["AP"] - metrics["AP"]) <= 0.005, (exported, deployed["AP"], metrics["AP"])
         assert deployed["AP50"] >= 0.5, (exported, deployed)
 
 

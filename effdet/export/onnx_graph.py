@@ -11,9 +11,8 @@ Outputs (ONNX Runtime graph): `num_detections` int32 [batch, 1], `detection_boxe
 [batch, N], `detection_classes` int32 [batch, N] category ids (head channel + 1), N =
 eval_config.max_detections_per_image, zero past num_detections.
 
-NMS is hard NMS at IoU 0.5 (ONNX NonMaxSuppression has no soft-NMS; the .tlt path evaluates
-with Gaussian soft-NMS, so exported scores and boxes differ from `effdet evaluate`'s in the
-tail). The score floor is EXPORT_MIN_SCORE, low so the graph serves evaluation-like uses too;
+NMS is hard NMS at IoU 0.5, as in `effdet evaluate` and the Keras runtime (ONNX
+NonMaxSuppression has no soft-NMS). The score floor is EXPORT_MIN_SCORE, low so the graph serves evaluation-like uses too;
 runtimes apply the user's threshold (eval_config.min_score_thresh) afterwards. Pre-NMS top-k
 (postprocess.PRE_NMS_TOPK class/anchor pairs) is kept, so the graph selects exactly what
 `postprocess(..., nms_method="hard")` does.

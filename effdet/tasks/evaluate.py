@@ -5,8 +5,11 @@ A .tlt runs as a Keras model over the evaluation pipeline; exported models (.onn
 
 Detection for metrics follows TAO/automl's evaluation rather than eval_config.min_score_thresh
 (which is meant for drawing/inference): no score floor (METRIC_MIN_SCORE) and at most
-eval_config.max_detections_per_image boxes per image after Gaussian soft-NMS — a score floor
-would cut the low-confidence tail of the precision/recall curve and understate AP.
+eval_config.max_detections_per_image boxes per image — a score floor would cut the
+low-confidence tail of the precision/recall curve and understate AP. NMS is hard NMS at IoU 0.5
+for every model type, the NMS that the exported graphs (ONNX NonMaxSuppression, TensorRT's
+EfficientNMS) can run: automl's Gaussian soft-NMS scores about a point higher, but that is not
+the accuracy a deployed model has, and the .tlt's number must predict the engine's.
 """
 
 from __future__ import annotations
@@ -170,7 +173,7 @@ def make_detector(model: keras.Model, architecture: Architecture, *, max_detecti
         # postprocess multiplies by original/network-input, the inverse of the pipeline's scale.
         return postprocess(class_outputs, box_outputs, anchors, architecture.head_classes,
                            max_detections=max_detections, min_score=min_score,
-                           nms_method="gaussian",
+                           nms_method="hard",
                            image_scales=1.0 / tf.cast(image_scale, tf.float32),
                            image_sizes=original_size)
 
