@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -21,13 +21,6 @@ from effdet.key import KEY_ENV, resolve_key
 from effdet.log import redact, register_secret, setup_logging
 
 log = logging.getLogger("effdet")
-
-NOT_IMPLEMENTED_EXIT = 2
-
-
-class NotImplementedYet(EffdetError):
-    exit_code = NOT_IMPLEMENTED_EXIT
-
 
 # --- argument groups shared by several tasks ---------------------------------------------
 
@@ -102,6 +95,20 @@ def _run_spec(args: argparse.Namespace) -> int:
         print(json.dumps(config.to_dict(), indent=2))
     else:
         print(render_config(config))
+    return 0
+
+
+def _run_prune(args: argparse.Namespace) -> int:
+    key = resolve_key(args.key)
+    from effdet.pruning.surgery import PruneSettings
+    from effdet.tasks.prune import prune
+    from effdet.training.strategy import select_gpu
+
+    select_gpu(args.gpu_index)
+    prune(Path(args.model), Path(args.output_dir), key, PruneSettings(
+        normalizer=args.normalizer, equalization_criterion=args.equalization_criterion,
+        granularity=args.pruning_granularity, threshold=args.pruning_threshold,
+        min_filters=args.min_num_filters, excluded_layers=tuple(args.excluded_layers)))
     return 0
 
 
@@ -183,15 +190,6 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="TensorRT builder workspace in bytes")
 
 
-def _not_implemented(task: str, issue: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        if getattr(args, "key", None) is not None or os.environ.get(KEY_ENV):
-            resolve_key(getattr(args, "key", None))
-        raise NotImplementedYet(f"{task} is not implemented yet ({issue})")
-
-    return run
-
-
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -261,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("-el", "--excluded_layers", nargs="*", default=[], metavar="LAYER",
                        help="layers never pruned (default none)")
     _add_runtime(prune)
-    prune.set_defaults(run=_not_implemented("prune", "issue 6"))
+    prune.set_defaults(run=_run_prune)
 
     inference = tasks.add_parser("inference", help="detect objects in a folder of images",
                                  description="Draw detections and write KITTI labels.")

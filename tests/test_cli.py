@@ -72,16 +72,6 @@ def test_prune_defaults_are_the_seeds():
     assert args.excluded_layers == ["a", "b"] and args.pruning_threshold == 0.7
 
 
-@pytest.mark.parametrize("task_args", [
-    ["prune", "-m", "m.tlt", "-o", "out"],
-])
-def test_unlanded_tasks_exit_2_without_showing_the_key(task_args):
-    result = run_cli(*task_args, "-k", SECRET)
-    assert result.returncode == 2
-    assert "not implemented yet" in result.stderr
-    assert SECRET not in result.stdout + result.stderr
-
-
 def test_key_from_flag_or_environment(monkeypatch):
     from effdet.errors import EffdetError
     from effdet.key import resolve_key

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from effdet.errors import EffdetError
 from effdet.model import build_efficientdet, get_variant
+from effdet.model.complexity import trainable_params
 from effdet.model.efficientnet import round_filters, round_repeats
 from effdet.spec.config import ModelConfig
 
@@ -16,10 +17,6 @@ def tiny_model(image_size=(128, 128), num_classes=4, config=None, **changes):
     config = config or ModelConfig()
     variant = get_variant(config.model_name).replace(**{**TINY, **changes})
     return build_efficientdet(config, num_classes, image_size, variant=variant)
-
-
-def trainable_params(model):
-    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
 def test_d0_trainable_params_equal_reference_exactly():
@@ -85,14 +82,16 @@ def test_layer_names_are_unique_and_class_bias_is_the_prior():
 def test_width_overrides_change_layer_channels():
     base = ModelConfig()
     variant = get_variant("efficientdet-d0").replace(**TINY)
-    widths = {"block1a_project_conv": 8, "block2a_expand_conv": 24, "class_net_conv0": 12,
-              "fpn_cell0_node0_conv": 8}
+    widths = {"block1a_project_conv": 8, "block2a_expand_conv": 24, "class_net_conv0": 12}
     model = build_efficientdet(base, 4, (128, 128), variant=variant, widths=widths)
     for name, width in widths.items():
         assert model.get_layer(name).output.shape[-1] == width
-    # A narrower BiFPN node gets a 1x1 conv on the edges that feed wider nodes.
-    assert model.get_layer("fpn_cell0_node1_input1_conv").output.shape[-1] == 16
     model(tf.zeros([1, 128, 128, 3]))
+    # The layers are those of the unpruned network: a narrower BiFPN node does not grow a 1x1
+    # conv on its edges; its width must match the nodes it is fused with.
+    with pytest.raises(EffdetError, match="must agree within a BiFPN"):
+        build_efficientdet(base, 4, (128, 128), variant=variant,
+                           widths={"fpn_cell0_node0_conv": 8})
     with pytest.raises(EffdetError, match="no_such_layer"):
         build_efficientdet(base, 4, (128, 128), variant=variant, widths={"no_such_layer": 3})
 

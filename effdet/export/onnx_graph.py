@@ -75,13 +75,20 @@ def detection_function(model: keras.Model, architecture: Architecture, *, max_de
     def detect(images: tf.Tensor) -> dict[str, tf.Tensor]:
         logits, codes = _head(model, architecture, images)
         batch = tf.shape(logits)[0]
-        boxes = box_coder.decode(codes, tf.constant(anchors.boxes)[None])
+        num_anchors = int(anchors.boxes.shape[0])
+        k = min(PRE_NMS_TOPK, num_anchors * num_classes)
+        # postprocess keeps the top-k (anchor, class) logits. Every such pair's anchor is among
+        # the k anchors with the highest best-class logit, so rank anchors first and the pairs
+        # of those only: the same selection, from k x classes values instead of all of them.
+        candidates = tf.math.top_k(tf.reduce_max(logits, axis=2), k=min(k, num_anchors)).indices
+        logits = tf.gather(logits, candidates, batch_dims=1)
+        boxes = box_coder.decode(tf.gather(codes, candidates, batch_dims=1),
+                                 tf.gather(tf.constant(anchors.boxes), candidates))
         boxes = tf.clip_by_value(boxes, 0.0, tf.constant([height, width, height, width],
                                                          tf.float32))
-        # postprocess keeps only the top-k (anchor, class) logits; zeroing the rest (below the
-        # score floor) keeps that selection without gathers.
+        # Zeroing the pairs below the k-th (under the score floor) keeps that selection
+        # without gathering per class.
         flat = tf.reshape(logits, [batch, -1])
-        k = min(PRE_NMS_TOPK, int(anchors.boxes.shape[0]) * num_classes)
         kth = tf.math.top_k(flat, k=k, sorted=True).values[:, -1:]
         scores = tf.where(flat >= kth, tf.sigmoid(flat), 0.0)
         scores = tf.reshape(scores, [batch, -1, num_classes])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from effdet.errors import EffdetError
 from effdet.model.layers import FastNormalizedFusion, LayerFactory, NearestResize
 
 
@@ -32,10 +33,17 @@ def bifpn_nodes(min_level: int, max_level: int) -> tuple[FusionNode, ...]:
     return tuple(nodes)
 
 
-def _match_channels(x: keras.KerasTensor, channels: int, prefix: str,
-                    f: LayerFactory) -> keras.KerasTensor:
-    """1x1 conv (with bias) + BN, only when the width differs from the target."""
-    if x.shape[-1] == channels:
+def _match_channels(x: keras.KerasTensor, nominal: int, target_nominal: int, channels: int,
+                    prefix: str, f: LayerFactory) -> keras.KerasTensor:
+    """1x1 conv (with bias) + BN to `channels`, only where the unpruned widths differ.
+
+    Deciding by the unpruned (nominal) widths keeps a pruned network's layers the same as the
+    original's whatever widths pruning chose.
+    """
+    if nominal == target_nominal:
+        if x.shape[-1] != channels:
+            raise EffdetError(f"{prefix}: {x.shape[-1]} channels meet {channels} in a fusion "
+                              "(widths of a pruned model must agree within a BiFPN)")
         return x
     x = f.conv(f"{prefix}_conv", channels, use_bias=True, fixed_width=True)(x)
     return f.bn(f"{prefix}_bn")(x)
@@ -57,26 +65,40 @@ def _resample(x: keras.KerasTensor, target_hw: tuple[int, int], prefix: str,
     return NearestResize(*target_hw, name=f.named(f"{prefix}_up"))(x)
 
 
-def extra_levels(features: dict[int, keras.KerasTensor], max_level: int, num_filters: int,
-                 f: LayerFactory) -> dict[int, keras.KerasTensor]:
-    """Add P6.. by 1x1 conv + BN (if needed) and max-pooling of the previous level."""
-    features = dict(features)
+def extra_levels(features: dict[int, keras.KerasTensor], nominal: dict[int, int],
+                 max_level: int, num_filters: int,
+                 f: LayerFactory) -> tuple[dict[int, keras.KerasTensor], dict[int, int]]:
+    """Add P6.. by 1x1 conv + BN (if needed) and max-pooling of the previous level.
+
+    `nominal` maps levels to their unpruned widths; returns both mappings with the new levels.
+    """
+    features, nominal = dict(features), dict(nominal)
     for level in range(6, max_level + 1):
         prefix = f"resample_p{level}"
-        x = _match_channels(features[level - 1], f.width(f"{prefix}_conv", num_filters), prefix, f)
+        nominal[level] = num_filters
+        previous = features[level - 1]
+        # Without a conv (unpruned widths equal) the level keeps its input's channels.
+        channels = (previous.shape[-1] if nominal[level - 1] == num_filters
+                    else f.width(f"{prefix}_conv", num_filters))
+        x = _match_channels(previous, nominal[level - 1], num_filters, channels, prefix, f)
         target = ((x.shape[1] - 1) // 2 + 1, (x.shape[2] - 1) // 2 + 1)
         features[level] = _resample(x, target, prefix, f)
-    return features
+    return features, nominal
 
 
-def bifpn(features: dict[int, keras.KerasTensor], min_level: int, max_level: int,
-          num_filters: int, repeats: int, weight_method: str,
+def bifpn(features: dict[int, keras.KerasTensor], nominal: dict[int, int], min_level: int,
+          max_level: int, num_filters: int, repeats: int, weight_method: str,
           f: LayerFactory) -> dict[int, keras.KerasTensor]:
-    """Run `repeats` BiFPN cells over levels min..max; returns the last output per level."""
+    """Run `repeats` BiFPN cells over levels min..max; returns the last output per level.
+
+    `nominal` maps levels to the input features' unpruned widths (see `_match_channels`).
+    """
     nodes = bifpn_nodes(min_level, max_level)
     feats = {level: features[level] for level in range(min_level, max_level + 1)}
+    feat_nominal = {level: nominal[level] for level in feats}
     for cell in range(repeats):
         pool = [feats[level] for level in range(min_level, max_level + 1)]
+        pool_nominal = [feat_nominal[level] for level in range(min_level, max_level + 1)]
         for n, node in enumerate(nodes):
             prefix = f"fpn_cell{cell}_node{n}"
             channels = f.width(f"{prefix}_conv", num_filters)
@@ -85,7 +107,8 @@ def bifpn(features: dict[int, keras.KerasTensor], min_level: int, max_level: int
             inputs = []
             for i, offset in enumerate(node.inputs):
                 edge = f"{prefix}_input{i}"
-                x = _match_channels(pool[offset], channels, edge, f)
+                x = _match_channels(pool[offset], pool_nominal[offset], num_filters, channels,
+                                    edge, f)
                 inputs.append(_resample(x, target_hw, edge, f))
             if weight_method == "fastattn":
                 x = FastNormalizedFusion(name=f.named(f"{prefix}_fusion"))(inputs)
@@ -98,8 +121,10 @@ def bifpn(features: dict[int, keras.KerasTensor], min_level: int, max_level: int
             x = f.separable(f"{prefix}_conv", num_filters)(x)
             x = f.bn(f"{prefix}_bn")(x)
             pool.append(x)
+            pool_nominal.append(num_filters)
         first_node = max_level - min_level + 1
         feats = {}
         for n in range(len(nodes) - 1, -1, -1):
             feats.setdefault(nodes[n].level, pool[first_node + n])
+        feat_nominal = dict.fromkeys(feats, num_filters)
     return feats

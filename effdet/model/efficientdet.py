@@ -9,7 +9,7 @@ import keras
 
 from effdet.errors import EffdetError
 from effdet.model.bifpn import bifpn, extra_levels
-from effdet.model.efficientnet import B0_STAGES, efficientnet_features
+from effdet.model.efficientnet import B0_STAGES, efficientnet_features, feature_widths
 from effdet.model.heads import prediction_head
 from effdet.model.layers import LayerFactory
 from effdet.model.variants import Variant, get_variant
@@ -28,14 +28,16 @@ def num_anchors_per_location(model_config: ModelConfig) -> int:
 
 def build_efficientdet(model_config: ModelConfig, num_classes: int, image_size: tuple[int, int],
                        *, variant: Variant | None = None,
-                       widths: Mapping[str, int] | None = None) -> keras.Model:
+                       widths: Mapping[str, int] | None = None,
+                       factory: LayerFactory | None = None) -> keras.Model:
     """Build the training/inference network (no pre- or post-processing).
 
     Input "image": float [B, H, W, 3], already normalised. Outputs `[class_outputs, box_outputs]`,
     each a list over levels min..max of float32 tensors [B, H_l, W_l, A*num_classes] and
     [B, H_l, W_l, A*4], with anchor index = scale * len(aspect_ratios) + aspect.
     `variant` overrides the table entry for `model_config.model_name` (tiny test networks);
-    `widths` maps layer names to output channels (pruned models).
+    `widths` maps layer names to output channels (pruned models); a caller that needs to know
+    which layers' widths are free passes its own `factory` (built with those widths) instead.
     """
     variant = variant or get_variant(model_config.model_name)
     min_level, max_level = model_config.min_level, model_config.max_level
@@ -54,12 +56,13 @@ def build_efficientdet(model_config: ModelConfig, num_classes: int, image_size: 
         raise EffdetError(f"freeze_blocks ids must be 0..{NUM_FREEZABLE_BLOCKS - 1} "
                           f"(0 = stem, 1..7 = EfficientNet stages), got {bad_blocks}")
 
-    f = LayerFactory(widths, freeze_bn=model_config.freeze_bn)
+    f = factory or LayerFactory(widths, freeze_bn=model_config.freeze_bn)
     images = keras.Input(shape=(height, width, 3), name="image")
     features = efficientnet_features(images, variant.width_coefficient,
                                      variant.depth_coefficient, variant.survival_prob, f)
-    features = extra_levels(features, max_level, variant.fpn_num_filters, f)
-    features = bifpn(features, min_level, max_level, variant.fpn_num_filters,
+    features, nominal = extra_levels(features, feature_widths(variant.width_coefficient),
+                                     max_level, variant.fpn_num_filters, f)
+    features = bifpn(features, nominal, min_level, max_level, variant.fpn_num_filters,
                      variant.fpn_cell_repeats, variant.fpn_weight_method, f)
     anchors = num_anchors_per_location(model_config)
     class_out = prediction_head(features, "class", num_classes, anchors, variant.fpn_num_filters,

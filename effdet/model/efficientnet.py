@@ -52,6 +52,15 @@ def round_repeats(repeats: int, depth_coefficient: float) -> int:
     return int(math.ceil(depth_coefficient * repeats))
 
 
+def feature_widths(width_coefficient: float) -> dict[int, int]:
+    """Unpruned channels of `efficientnet_features`' levels."""
+    widths, level = {1: round_filters(STEM_FILTERS, width_coefficient)}, 1
+    for args in B0_STAGES:
+        level += args.strides == 2
+        widths[level] = round_filters(args.out_filters, width_coefficient)
+    return widths
+
+
 def _mbconv(x: keras.KerasTensor, prefix: str, in_filters: int, out_filters: int,
             args: StageArgs, strides: int, drop_rate: float, f: LayerFactory) -> keras.KerasTensor:
     """Inverted residual block: expand 1x1, depthwise kxk, squeeze-excitation, project 1x1."""

@@ -28,6 +28,7 @@ class LayerFactory:
         self._widths = dict(widths or {})
         self._freeze_bn = freeze_bn
         self._used: set[str] = set()
+        self._width_names: set[str] = set()
 
     def _claim(self, name: str) -> str:
         if name in self._used:
@@ -36,7 +37,13 @@ class LayerFactory:
         return name
 
     def width(self, name: str, default: int) -> int:
+        self._width_names.add(name)
         return int(self._widths.get(name, default))
+
+    @property
+    def width_names(self) -> frozenset[str]:
+        """Layers whose width is free (set by `widths`); the others follow their neighbours."""
+        return frozenset(self._width_names & self._used)
 
     def unused_widths(self) -> set[str]:
         """Names in the widths mapping that matched no layer (a stale or foreign manifest)."""
