@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -21,6 +23,7 @@ from effdet.spec.config import ModelConfig
 from effdet.tasks.prune import MODEL_FILE, REPORT_FILE, prune
 
 KEY = "prune-test-Key-3"
+REPO = Path(__file__).resolve().parents[1]
 SIZE = (128, 128)
 # Two blocks per stage from stage 4 on (residual adds), two BiFPN cells, two head convs.
 SMALL = {"fpn_num_filters": 24, "fpn_cell_repeats": 2, "box_class_repeats": 2,
@@ -237,3 +240,63 @@ def test_report_file(trained_like, tmp_path):
     assert report["gmacs"]["after"] < report["gmacs"]["before"]
     assert (tmp_path / "out" / MODEL_FILE).is_file()
     assert report["params"]["ratio"] < 1.0
+
+
+def effdet_cli(*args: str, cwd) -> None:
+    result = subprocess.run([sys.executable, "-m", "effdet", *args], capture_output=True,
+                            text=True, cwd=cwd, timeout=600,
+                            env={**os.environ, "EFFDET_KEY": KEY, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert KEY not in result.stdout + result.stderr
+
+
+def test_pruned_model_retrains_evaluates_exports_and_runs_in_onnx_runtime(trained_like,
+                                                                          tmp_path):
+    """Acceptance 4, through the CLI as the workflow runs it (TAO's prune → retrain loop)."""
+    from effdet.data.convert import dataset_convert
+    from effdet.data.synthetic import make_dataset
+    from effdet.runtimes import open_detector
+    from effdet.spec import load_spec
+
+    data = make_dataset(tmp_path / "raw", 16, 128, 128, seed=5, val_fraction=0.25)
+    dataset_convert(data.image_dir, data.train_json, tmp_path / "train", tag="train",
+                    num_shards=1, workers=1)
+    dataset_convert(data.image_dir, data.val_json, tmp_path / "val", tag="val", num_shards=1,
+                    workers=1)
+    effdet_cli("prune", "-m", str(trained_like), "-o", str(tmp_path / "pruned"), "-pth", "0.6",
+               "-pg", "4", "-nf", "4", cwd=tmp_path)
+    pruned = tmp_path / "pruned" / MODEL_FILE
+    report = json.loads((tmp_path / "pruned" / REPORT_FILE).read_text())
+    assert report["params"]["ratio"] < 0.9
+    spec = tmp_path / "retrain.txt"
+    spec.write_text(f"""
+training_config {{
+  train_batch_size: 4 num_examples_per_epoch: 8 num_epochs: 2 checkpoint_period: 1
+  iterations_per_loop: 1 learning_rate: 0.02 lr_warmup_epoch: 1 moving_average_decay: 0.9
+  pruned_model_path: "{pruned}" checkpoint: "{pruned}"
+}}
+dataset_config {{
+  num_classes: 5 image_size: "128,128" max_instances_per_image: 10
+  training_file_pattern: "{tmp_path}/train/train-*"
+  validation_file_pattern: "{tmp_path}/val/val-*"
+  validation_json_file: "{data.val_json}"
+}}
+eval_config {{ eval_batch_size: 2 eval_samples: 4 eval_after_training: false
+  min_score_thresh: 0.0 max_detections_per_image: 10 }}
+""")
+    effdet_cli("train", "-e", str(spec), "-d", str(tmp_path / "retrain"), cwd=tmp_path)
+    retrained = load_model(tmp_path / "retrain" / "model.tlt", KEY)
+    assert retrained.architecture.widths == load_model(pruned, KEY).architecture.widths
+    effdet_cli("evaluate", "-e", str(spec), "-m", str(tmp_path / "retrain" / "model.tlt"),
+               "-o", str(tmp_path / "eval"), cwd=tmp_path)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_images"] == 4 and 0.0 <= metrics["AP"] <= 1.0
+    effdet_cli("export", "-m", str(tmp_path / "retrain" / "model.tlt"), "-e", str(spec),
+               "-o", str(tmp_path / "export" / "model.etlt"), cwd=tmp_path)
+    detector = open_detector(tmp_path / "export" / "model.onnx", None, load_spec(spec))
+    image = np.random.default_rng(0).integers(0, 256, (100, 140, 3), dtype=np.uint8)
+    found = detector.detect([image])[0]
+    assert len(found) == 10  # no score floor: the full max_detections_per_image
+    keras_found = open_detector(tmp_path / "retrain" / "model.tlt", KEY,
+                                load_spec(spec)).detect([image])[0]
+    np.testing.assert_allclose(np.sort(found.scores), np.sort(keras_found.scores), atol=1e-3)
