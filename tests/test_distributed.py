@@ -20,6 +20,7 @@ from tensorflow.python.distribute.cluster_resolver import slurm_cluster_resolver
 
 from effdet.data.convert import dataset_convert
 from effdet.data.synthetic import make_dataset
+from effdet.errors import EffdetError
 from effdet.formats.tlt import read_tlt
 from effdet.model.saving import WEIGHTS, members_to_arrays
 from effdet.training.strategy import (
@@ -245,6 +246,10 @@ def test_slurm_with_gpus_is_tfs_resolver(no_cluster_env):
     assert isinstance(resolver, tf.distribute.cluster_resolver.SlurmClusterResolver)
     assert resolver.cluster_spec().as_dict() == {"worker": ["gpu7:8888", "gpu7:8889"]}
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    no_cluster_env.setenv("SLURM_STEP_NUM_TASKS", "3")
+    no_cluster_env.setenv("SLURM_STEP_TASKS_PER_NODE", "3")  # more tasks than GPUs
+    with pytest.raises(EffdetError, match="3 tasks per node but 2 GPU"):
+        make_strategy(gpus=1)
 
 
 @pytest.mark.parametrize("cluster, task, chief", [

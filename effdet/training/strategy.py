@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 
 import keras
 import tensorflow as tf
@@ -51,9 +52,15 @@ def slurm_cluster_resolver() -> tf.distribute.cluster_resolver.ClusterResolver:
             gpus = slurm.get_num_gpus()
         except (RuntimeError, OSError):  # no nvidia-smi: a CPU node
             gpus = 0
-    if gpus:
-        return tf.distribute.cluster_resolver.SlurmClusterResolver()
     tasks = int(os.environ["SLURM_STEP_NUM_TASKS"])
+    if gpus:
+        # e.g. "4(x2)" or "4,3": the first node's count (the largest in Slurm's block layout)
+        per_node = int(re.match(r"\d*", os.environ.get("SLURM_STEP_TASKS_PER_NODE", "")).group()
+                       or 1)
+        if per_node > gpus:  # TF's resolver would divide the node's GPUs down to zero
+            raise EffdetError(f"Slurm: {per_node} tasks per node but {gpus} GPU(s) per node; "
+                              "ask for one task per GPU (tasks_per_node <= gpus)")
+        return tf.distribute.cluster_resolver.SlurmClusterResolver()
     resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
         gpus_per_node=tasks, gpus_per_task=1, auto_set_gpu=False)
     spec = resolver.cluster_spec()  # also sets task_type / task_id
