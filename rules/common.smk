@@ -1,19 +1,35 @@
-# Helpers shared by the rules: which experiment is which, and what `all` builds.
+# Helpers shared by the rules: which experiment is which, what `all` builds, GPU requests.
+# The configuration was checked by rules/config.smk before this file is read.
 
 EXPERIMENTS = config["experiments"]
 SPLITS = ["train", "val"]
 
-for _name in config["run"]:
-    if _name not in EXPERIMENTS:
-        raise ValueError(f"config/config.yaml: run lists '{_name}', which is not under experiments")
 
 wildcard_constraints:
     exp="|".join(EXPERIMENTS),
     split="|".join(SPLITS),
+    kind="onnx|engine",
+
+
+def exp_config(key):
+    """A params function: the experiment's `key` section of config/config.yaml.
+
+    A rule param named like an experiment key must hold that key's value: scripts/make_dvc_yaml.py
+    turns such params into DVC params (config/config.yaml: experiments.<exp>.<key>).
+    """
+    return lambda wildcards: EXPERIMENTS[wildcards.exp][key]
 
 
 def dataset_of(exp):
     return EXPERIMENTS[exp]["dataset"]
+
+
+def spec(wildcards):
+    return EXPERIMENTS[wildcards.exp]["spec"]
+
+
+def retrain_spec(wildcards):
+    return EXPERIMENTS[wildcards.exp]["retrain_spec"]
 
 
 def raw_images(wildcards):
@@ -23,12 +39,119 @@ def raw_images(wildcards):
     return f"results/{wildcards.exp}/raw/images"
 
 
-def raw_annotations(wildcards):
-    dataset = dataset_of(wildcards.exp)
+def annotations(exp, split):
+    dataset = dataset_of(exp)
     if "coco" in dataset:
-        return dataset["coco"][wildcards.split]
-    return f"results/{wildcards.exp}/raw/annotations/{wildcards.split}.json"
+        return dataset["coco"][split]
+    return f"results/{exp}/raw/annotations/{split}.json"
+
+
+def raw_annotations(wildcards):
+    return annotations(wildcards.exp, wildcards.split)
+
+
+def val_annotations(wildcards):
+    # The spec's validation_json_file: evaluation and export read it (class names).
+    return annotations(wildcards.exp, "val")
+
+
+def train_gpu(wildcards):
+    """GPU count for training jobs: 1 when the experiment asks for a GPU (`gpu: true`)."""
+    return 1 if EXPERIMENTS[wildcards.exp]["gpu"] else 0
+
+
+def engine_gpu(wildcards):
+    """TensorRT engines (`gpu_engine: true`) are built on a GPU; ONNX Runtime's on the CPU."""
+    return 1 if EXPERIMENTS[wildcards.exp]["gpu_engine"] else 0
+
+
+def engine_file(exp):
+    kind = "engine" if EXPERIMENTS[exp]["gpu_engine"] else "onnx"
+    return f"results/{exp}/engine/model.{kind}"
+
+
+def final_files(exp):
+    """What `all` builds for one experiment (also what the final message points at)."""
+    return {
+        "metrics": f"results/{exp}/eval/metrics.json",
+        "retrained metrics": f"results/{exp}/retrain_eval/metrics.json",
+        "prune report": f"results/{exp}/prune/prune_report.json",
+        "exported model": f"results/{exp}/export/model.etlt",
+        "engine": engine_file(exp),
+        "annotated images": f"results/{exp}/inference/images",
+        "summary": f"results/{exp}/report/summary.html",
+        "training curves": f"results/{exp}/report/training_curves.svg",
+    }
+
+
+# --- command-line flags from the experiment's settings ---------------------------------------
+
+
+def prune_flags(wildcards):
+    settings = EXPERIMENTS[wildcards.exp]["prune"]
+    flags = (f"-n {settings['normalizer']} -eq {settings['equalization_criterion']}"
+             f" -pg {settings['granularity']} -pth {settings['threshold']}"
+             f" -nf {settings['min_num_filters']}")
+    if settings["excluded_layers"]:
+        flags += " -el " + " ".join(settings["excluded_layers"])
+    return flags
+
+
+def engine_source(wildcards):
+    # TensorRT engines come from the graph ending in EfficientNMS_TRT, ONNX Runtime's from
+    # the plain one; both are unencrypted, so no key is needed from here on.
+    suffix = "trt.onnx" if wildcards.kind == "engine" else "onnx"
+    return f"results/{wildcards.exp}/export/model.{suffix}"
+
+
+def engine_flags(wildcards):
+    if wildcards.kind == "onnx":
+        return ""  # ONNX Runtime runs fp32 whatever the export precision
+    export = EXPERIMENTS[wildcards.exp]["export"]
+    flags = f"--data_type {export['data_type']} --max_batch_size {export['max_batch_size']}"
+    if int8_engine(wildcards):
+        # A fresh calibration for every new model: the cache is removed before the job.
+        flags += (f" --cal_image_dir {raw_images(wildcards)}"
+                  f" --cal_cache_file results/{wildcards.exp}/engine/calibration.bin"
+                  f" --batch_size {export['cal_batch_size']} --batches {export['cal_batches']}")
+    return flags
+
+
+def int8_engine(wildcards):
+    export = EXPERIMENTS[wildcards.exp]["export"]
+    return wildcards.kind == "engine" and export["data_type"] == "int8"
+
+
+def calibration_images(wildcards):
+    return raw_images(wildcards) if int8_engine(wildcards) else []
+
+
+def engine_cleanup(wildcards):
+    if int8_engine(wildcards):
+        return f"rm -f results/{wildcards.exp}/engine/calibration.bin && "
+    return ""
+
+
+def inference_flags(wildcards):
+    settings = EXPERIMENTS[wildcards.exp]["inference"]
+    flags = f"--batch_size {settings['batch_size']}"
+    if "threshold" in settings:
+        flags += f" -t {settings['threshold']}"
+    return flags
 
 
 def all_targets():
-    return [f"results/{exp}/eval/metrics.json" for exp in config["run"]]
+    targets = []
+    for exp in config["run"]:
+        files = final_files(exp)
+        del files["prune report"]  # inside the prune folder, which is the output
+        targets.extend(files.values())
+    return targets
+
+
+def print_final_message():
+    print("\neffdet workflow finished. Results:")
+    for exp in config["run"]:
+        for what, path in final_files(exp).items():
+            print(f"  {exp:>6} {what:<17} {path}")
+    print("  report: snakemake --report results/report.html (make demo writes it)\n")

@@ -7,17 +7,19 @@ rule demo_data:
         train="results/{exp}/raw/annotations/train.json",
         val="results/{exp}/raw/annotations/val.json",
     params:
-        synthetic=lambda wildcards: dataset_of(wildcards.exp)["synthetic"],
+        dataset=exp_config("dataset"),
     log:
         "logs/{exp}/demo_data.log",
+    threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
     shell:
         "python scripts/make_demo_data.py --out results/{wildcards.exp}/raw"
-        " --num-images {params.synthetic[num_images]}"
-        " --size {params.synthetic[width]}x{params.synthetic[height]}"
-        " --seed {params.synthetic[seed]} --val-fraction {params.synthetic[val_fraction]}"
+        " --num-images {params.dataset[synthetic][num_images]}"
+        " --size {params.dataset[synthetic][width]}x{params.dataset[synthetic][height]}"
+        " --seed {params.dataset[synthetic][seed]}"
+        " --val-fraction {params.dataset[synthetic][val_fraction]}"
         " > {log} 2>&1"
 
 
@@ -28,7 +30,7 @@ rule dataset_convert:
     output:
         directory("results/{exp}/tfrecords/{split}"),
     params:
-        shards=lambda wildcards: EXPERIMENTS[wildcards.exp].get("num_shards", 8),
+        num_shards=exp_config("num_shards"),
     log:
         "logs/{exp}/dataset_convert_{split}.log",
     threads: 2
@@ -37,4 +39,4 @@ rule dataset_convert:
         runtime=30,
     shell:
         "effdet dataset_convert -i {input.images} -a {input.annotations} -o {output}"
-        " -t {wildcards.split} -s {params.shards} --log_file {log}"
+        " -t {wildcards.split} -s {params.num_shards} --log_file {log} 2>> {log}"

@@ -1,11 +1,14 @@
 # Training and evaluation; the model key reaches the CLI through EFFDET_KEY, never the command line.
+# Every effdet rule logs to logs/<exp>/<rule>.log: effdet's own log (--log_file) and, appended,
+# whatever TensorFlow prints to stderr.
 
 
 rule train:
     input:
-        spec=lambda wildcards: EXPERIMENTS[wildcards.exp]["spec"],
+        spec=spec,
         train="results/{exp}/tfrecords/train",
         val="results/{exp}/tfrecords/val",
+        annotations=val_annotations,
     output:
         # The whole folder: a stale model is retrained from scratch, not resumed from its
         # old checkpoints (`effdet train` run by hand resumes).
@@ -16,17 +19,23 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=720,
+        gpu=train_gpu,
+        # Slurm multi-worker launch ("srun --ntasks-per-node=M", see profiles/slurm); empty:
+        # one process, as everywhere else.
+        mpi="",
     shell:
-        "effdet train -e {input.spec} -d {output} --log_file {log}"
+        "{resources.mpi} effdet train -e {input.spec} -d {output} --log_file {log} 2>> {log}"
 
 
 rule evaluate:
     input:
-        spec=lambda wildcards: EXPERIMENTS[wildcards.exp]["spec"],
+        spec=spec,
         model="results/{exp}/train",
         val="results/{exp}/tfrecords/val",
+        annotations=val_annotations,
     output:
-        "results/{exp}/eval/metrics.json",
+        report("results/{exp}/eval/metrics.json", caption="../report/metrics.rst",
+               category="{exp}", subcategory="2. evaluation"),
     log:
         "logs/{exp}/evaluate.log",
     threads: 2
@@ -35,4 +44,4 @@ rule evaluate:
         runtime=60,
     shell:
         "effdet evaluate -e {input.spec} -m {input.model}/model.tlt -o results/{wildcards.exp}/eval"
-        " --log_file {log}"
+        " --log_file {log} 2>> {log}"

@@ -1,0 +1,68 @@
+# Check the configuration before any job: keys and types (config/config.schema.yaml), the
+# experiments `run` names, and the files they point at. A problem stops Snakemake with exit
+# code 1 and one line, "config error: <where>: <what>".
+import re
+import sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+from snakemake.utils import validate
+
+CONFIG_SCHEMA = str(Path(workflow.main_snakefile).parent / "config" / "config.schema.yaml")
+
+
+def config_error(where, what):
+    sys.exit(f"config error: {where}: {what}")
+
+
+def _schema_problem(error):
+    where = ".".join(str(p) for p in error.absolute_path) or "config"
+    if error.validator == "additionalProperties":
+        known = set(error.schema.get("properties", {}))
+        unknown = sorted(k for k in error.instance if k not in known)
+        allowed = ", ".join(sorted(known)) or "none"
+        return where, f"unknown key {', '.join(map(repr, unknown))} (allowed: {allowed})"
+    if error.validator == "required":
+        return where, error.message.replace("is a required property", "is missing")
+    return where, error.message
+
+
+def check_config(config):
+    schema = yaml.safe_load(Path(CONFIG_SCHEMA).read_text())
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if errors:
+        config_error(*_schema_problem(jsonschema.exceptions.best_match(errors)))
+    validate(config, CONFIG_SCHEMA)  # fills in the schema's defaults
+    for name in config["run"]:
+        if name not in config["experiments"]:
+            config_error("run", f"'{name}' is not under experiments "
+                         f"({', '.join(config['experiments'])})")
+        check_experiment_files(name, config["experiments"][name])
+
+
+def check_experiment_files(name, experiment):
+    where = f"experiments.{name}"
+    paths = [(f"{where}.{key}", experiment[key], "file") for key in ("spec", "retrain_spec")]
+    coco = experiment["dataset"].get("coco")
+    if coco:
+        paths += [(f"{where}.dataset.coco.image_dir", coco["image_dir"], "directory"),
+                  (f"{where}.dataset.coco.train", coco["train"], "file"),
+                  (f"{where}.dataset.coco.val", coco["val"], "file")]
+    for key, path, kind in paths:
+        exists = Path(path).is_dir() if kind == "directory" else Path(path).is_file()
+        if not exists:
+            config_error(key, f"{kind} '{path}' does not exist")
+    # The retrain spec must start from this experiment's pruned model (TAO's retrain spec sets
+    # both fields); the rule's input is that model, so anything else would be a hidden input.
+    pruned = f"results/{name}/prune/model.tlt"
+    text = Path(experiment["retrain_spec"]).read_text()
+    for field in ("pruned_model_path", "checkpoint"):
+        found = re.findall(rf'^\s*{field}\s*:\s*"([^"]*)"', text, re.MULTILINE)
+        if found != [pruned]:
+            config_error(f"{where}.retrain_spec",
+                         f"{experiment['retrain_spec']} must set training_config.{field}: "
+                         f'"{pruned}" (found {found[0] if found else "none"!r})')
+
+
+check_config(config)
