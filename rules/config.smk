@@ -1,13 +1,15 @@
 # Check the configuration before any job: keys and types (config/config.schema.yaml), the
 # experiments `run` names, and the files they point at. A problem stops Snakemake with exit
 # code 1 and one line, "config error: <where>: <what>".
-import re
 import sys
 from pathlib import Path
 
 import jsonschema
 import yaml
 from snakemake.utils import validate
+
+from effdet.errors import EffdetError
+from effdet.spec import load_spec
 
 CONFIG_SCHEMA = str(Path(workflow.main_snakefile).parent / "config" / "config.schema.yaml")
 
@@ -56,13 +58,16 @@ def check_experiment_files(name, experiment):
     # The retrain spec must start from this experiment's pruned model (TAO's retrain spec sets
     # both fields); the rule's input is that model, so anything else would be a hidden input.
     pruned = f"results/{name}/prune/model.tlt"
-    text = Path(experiment["retrain_spec"]).read_text()
+    try:
+        training = load_spec(experiment["retrain_spec"]).training_config
+    except EffdetError as exc:
+        config_error(f"{where}.retrain_spec", str(exc))
     for field in ("pruned_model_path", "checkpoint"):
-        found = re.findall(rf'^\s*{field}\s*:\s*"([^"]*)"', text, re.MULTILINE)
-        if found != [pruned]:
+        found = getattr(training, field)
+        if found != pruned:
             config_error(f"{where}.retrain_spec",
                          f"{experiment['retrain_spec']} must set training_config.{field}: "
-                         f'"{pruned}" (found {found[0] if found else "none"!r})')
+                         f'"{pruned}" (found {found or "none"!r})')
 
 
 check_config(config)
