@@ -1,7 +1,10 @@
 """The resolved experiment configuration: the one object every task reads.
 
 The loader (`effdet.spec.loader`) fills every field from the spec file or its documented
-default; nothing else reads the spec file.
+default; nothing else reads the spec file. The defaults are TAO's effective ones (its spec
+loader's fallbacks, else proto3's zero); fields TAO requires are listed in
+`effdet.spec.loader.REQUIRED_FIELDS` and their defaults here only serve code that builds a
+configuration directly.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ class DatasetConfig:
     image_size: tuple[int, int] = (512, 512)  # (height, width)
     use_fake_data: bool = False
     max_instances_per_image: int = 100
-    skip_crowd_during_training: bool = True
+    skip_crowd_during_training: bool = False
 
 
 @dataclass(frozen=True)
@@ -33,21 +36,21 @@ class TrainingConfig:
     stop_at_epoch: int = 0
     resume: bool = False
     checkpoint_period: int = 10
-    keep_checkpoint_max: int = 10
+    keep_checkpoint_max: int = 0  # 0 keeps every checkpoint, as TAO does
     num_examples_per_epoch: int = 120000
     num_epochs: int = 300
     skip_checkpoint_variables: str = ""
     profile_skip_steps: int = 0
     tf_random_seed: int = 42
-    moving_average_decay: float = 0.9998
-    lr_warmup_epoch: float = 1.0
+    moving_average_decay: float = 0.0
+    lr_warmup_epoch: float = 5.0
     lr_warmup_init: float = 0.008
     learning_rate: float = 0.08
     amp: bool = False
-    l2_weight_decay: float = 0.00004
+    l2_weight_decay: float = 0.0
     l1_weight_decay: float = 0.0
     pruned_model_path: str = ""
-    clip_gradients_norm: float = 10.0
+    clip_gradients_norm: float = 5.0
     momentum: float = 0.9
     logging_frequency: int = 10
 
@@ -58,7 +61,7 @@ class EvalConfig:
     eval_timeout: int = 0
     eval_batch_size: int = 16
     eval_epoch_cycle: int = 2
-    eval_after_training: bool = True
+    eval_after_training: bool = False
     eval_samples: int = 5000
     min_score_thresh: float = 0.4
     max_detections_per_image: int = 100
@@ -66,7 +69,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class AugmentationConfig:
-    rand_hflip: bool = True
+    rand_hflip: bool = False
     random_crop_min_scale: float = 0.1
     random_crop_max_scale: float = 2.0
 

@@ -55,7 +55,52 @@ NO_EFFECT_FIELDS = frozenset(
     }
 )
 
-IMAGE_SIZE = re.compile(r"^\(?\s*(\d+)\s*(?:,|x|X)\s*(\d+)\s*\)?$")
+# TAO's utils.parse_image_size: "H,W" (optionally parenthesised here) or "WxH".
+IMAGE_SIZE_HW = re.compile(r"^\(?\s*(\d+)\s*,\s*(\d+)\s*\)?$")
+IMAGE_SIZE_WXH = re.compile(r"^(\d+)\s*[xX]\s*(\d+)$")
+# Larger sides are a typo or an attempt to exhaust memory, not a detector input.
+MAX_IMAGE_SIDE = 4096
+# Values echoed in errors are cut to this many characters.
+ECHO_LIMIT = 40
+
+# Fields TAO reads as `spec.x or fallback` (utils/spec_loader.py:107-158, scripts/export.py:160-161):
+# proto3 cannot tell an explicit 0 from an omitted field, so a 0 there gets TAO's fallback.
+ZERO_MEANS_DEFAULT = frozenset(
+    {
+        "dataset_config.max_instances_per_image",
+        "training_config.momentum",
+        "training_config.tf_random_seed",
+        "training_config.lr_warmup_epoch",
+        "training_config.clip_gradients_norm",
+        "training_config.logging_frequency",
+        "eval_config.min_score_thresh",
+        "eval_config.max_detections_per_image",
+        "augmentation_config.random_crop_min_scale",
+        "augmentation_config.random_crop_max_scale",
+        "model_config.anchor_scale",
+        "model_config.num_scales",
+    }
+)
+
+# Fields TAO's spec_checker (utils/spec_loader.py:162-206) asserts on, so that TAO refuses a
+# spec without them; proto3 gives them 0 or "" there, which fails its checks.
+REQUIRED_FIELDS = (
+    "dataset_config.training_file_pattern",
+    "dataset_config.validation_file_pattern",
+    "dataset_config.validation_json_file",
+    "dataset_config.num_classes",
+    "dataset_config.image_size",
+    "training_config.train_batch_size",
+    "training_config.checkpoint_period",
+    "training_config.num_examples_per_epoch",
+    "training_config.num_epochs",
+    "training_config.lr_warmup_init",
+    "training_config.learning_rate",
+    "eval_config.eval_batch_size",
+    "eval_config.eval_epoch_cycle",
+    "eval_config.eval_samples",
+    "model_config.model_name",
+)
 
 
 class SpecError(EffdetError):
@@ -135,15 +180,30 @@ class _Resolver:
         self.lines = {site.path: site.line for site in sites if not site.is_message}
         self.defaulted: set[str] = set()
 
+    def check_required(self) -> None:
+        missing = [name for name in REQUIRED_FIELDS if name in self.defaulted]
+        if missing:
+            raise SpecError(f"{self.source}: missing required field{'s' if len(missing) > 1 else ''} "
+                            f"{', '.join(missing)} (TAO requires them too)")
+
     def fail(self, dotted: str, rule: str) -> SpecError:
         line = self.lines.get(tuple(dotted.split(".")))
         where = f"{self.source}:{line}" if line else self.source
         return SpecError(f"{where}: field '{dotted}': {rule}")
 
     def raw(self, section: str) -> dict[str, Any]:
-        """Values the spec sets explicitly in one section."""
+        """Values the spec sets explicitly in one section (a 0 TAO replaces is left out)."""
         sub: Message = getattr(self.message, section)
-        return {f.name: getattr(sub, f.name) for f in sub.DESCRIPTOR.fields if sub.HasField(f.name)}
+        values = {f.name: getattr(sub, f.name) for f in sub.DESCRIPTOR.fields if sub.HasField(f.name)}
+        for name, value in list(values.items()):
+            dotted = f"{section}.{name}"
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self.fail(dotted, f"must be a finite number (got {value})")
+            if dotted in ZERO_MEANS_DEFAULT and value == 0:
+                log.warning("%s: %s is 0, which TAO replaces by its default; so does effdet",
+                            self.source, dotted)
+                del values[name]
+        return values
 
     def build(self, section: str, values: dict[str, Any]) -> Any:
         cls = SECTIONS[section]
@@ -163,6 +223,7 @@ class _Resolver:
         evaluation = self.build("eval_config", self.eval_values(training))
         augmentation = self.build("augmentation_config", self.augmentation_values())
         model = self.check_levels(model)
+        self.check_required()
         return ExperimentConfig(
             dataset_config=dataset,
             training_config=training,
@@ -194,22 +255,29 @@ class _Resolver:
         return values
 
     def image_size(self, text: str) -> tuple[int, int]:
-        match = IMAGE_SIZE.match(text.strip())
-        if not match:
+        shown = _short(text)
+        hw, wxh = IMAGE_SIZE_HW.match(text.strip()), IMAGE_SIZE_WXH.match(text.strip())
+        if hw:
+            height, width = int(hw.group(1)), int(hw.group(2))
+        elif wxh:
+            width, height = int(wxh.group(1)), int(wxh.group(2))
+        else:
             raise self.fail("dataset_config.image_size",
-                            f"'{text}' is not 'H,W', '(H, W)' or 'HxW'")
-        height, width = int(match.group(1)), int(match.group(2))
+                            f"'{shown}' is not 'H,W', '(H, W)' or 'WxH'")
         for side in (height, width):
-            if side < 128 or side % 32:
+            if side < 128 or side % 32 or side > MAX_IMAGE_SIDE:
                 raise self.fail("dataset_config.image_size",
-                                f"'{text}': each side must be a multiple of 32 and >= 128")
+                                f"'{shown}': each side must be a multiple of 32 in "
+                                f"128..{MAX_IMAGE_SIDE}")
         return height, width
 
     def model_values(self) -> dict[str, Any]:
         values = self.raw("model_config")
-        training_name = self.raw("training_config").get("model_name")
+        training = self.message.training_config
+        training_name = training.model_name if training.HasField("model_name") else None
         if "model_name" not in values and training_name is not None:
             values["model_name"] = training_name
+            self.lines[("model_config", "model_name")] = self.lines[("training_config", "model_name")]
         if "model_name" in values:
             values["model_name"] = self.model_name("model_config.model_name", values["model_name"])
         if training_name is not None:
@@ -236,13 +304,14 @@ class _Resolver:
         try:
             return get_variant(name).name
         except EffdetError:
-            raise self.fail(dotted, f"'{name}' is not one of efficientdet-d0 … efficientdet-d7x") from None
+            raise self.fail(dotted, f"'{_short(name)}' is not one of efficientdet-d0 … "
+                                    "efficientdet-d7x") from None
 
     def literal(self, dotted: str, text: str) -> Any:
         try:
             return ast.literal_eval(text.strip())
         except (ValueError, SyntaxError, MemoryError, RecursionError):
-            raise self.fail(dotted, f"'{text}' is not a literal list") from None
+            raise self.fail(dotted, f"'{_short(text)}' is not a literal list") from None
 
     def aspect_ratios(self, text: str) -> tuple[tuple[float, float], ...]:
         dotted = "model_config.aspect_ratios"
@@ -254,7 +323,7 @@ class _Resolver:
         for pair in value:
             if (not isinstance(pair, (list, tuple)) or len(pair) != 2
                     or not all(_is_number(v) and v > 0 for v in pair)):
-                raise self.fail(dotted, f"{rule}; got {pair!r}")
+                raise self.fail(dotted, f"{rule}; got {_short(repr(pair))}")
             pairs.append((float(pair[0]), float(pair[1])))
         return tuple(pairs)
 
@@ -264,10 +333,11 @@ class _Resolver:
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value]
         if (not isinstance(value, (list, tuple))
-                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 7
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 8
                            for v in value)):
-            raise self.fail(dotted, f"'{text}' must be a list of backbone block indices 0-7 "
-                                    "(0 the stem, 1-7 the EfficientNet stages)")
+            raise self.fail(dotted, f"'{_short(text)}' must be a list of backbone block indices "
+                                    "0-8 (TAO's numbering: 0 the stem, 1-7 the EfficientNet "
+                                    "stages, 8 the unused top conv)")
         return tuple(sorted(set(value)))
 
     def check_levels(self, model: ModelConfig) -> ModelConfig:
@@ -351,6 +421,11 @@ class _Resolver:
         above_low = value > low if low_open else value >= low
         if not (above_low and value < high):
             raise self.fail(dotted, f"must be in {shown} (got {_float32_to_decimal(value)})")
+
+
+def _short(text: str) -> str:
+    """A value as echoed in an error: a hostile spec cannot flood the terminal or the log."""
+    return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + "…"
 
 
 def _is_number(value: Any) -> bool:

@@ -1,4 +1,4 @@
-"""Human-readable listing of a resolved configuration, defaults marked."""
+"""Human-readable listing of a resolved configuration, values from TAO's defaults marked."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def render_config(config: ExperimentConfig) -> str:
         lines.append(f"{section} {{")
         width = max(len(name) for name in values)
         for name, value in values.items():
-            mark = "  (default)" if f"{section}.{name}" in config.defaulted else ""
+            mark = "  (TAO default)" if f"{section}.{name}" in config.defaulted else ""
             lines.append(f"  {name:<{width}}  {_show(value)}{mark}")
         lines.append("}")
     return "\n".join(lines)
