@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.spec_support import complete
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-Key-value"
@@ -104,7 +105,7 @@ def test_verbose_shows_traceback():
 def test_spec_command_prints_resolved_config_and_warns_on_missing_paths():
     result = run_cli("spec", "config/specs/tao_sample.txt")
     assert result.returncode == 0
-    assert "max_instances_per_image" in result.stdout and "(default)" in result.stdout
+    assert "max_instances_per_image" in result.stdout and "(TAO default)" in result.stdout
     assert "matches no file" in result.stderr
     assert "training_config.checkpoint" in result.stderr
 
@@ -120,7 +121,7 @@ def test_spec_command_json():
 def test_log_file_receives_the_log_and_never_the_key(tmp_path):
     log_file = tmp_path / "logs" / "spec.log"
     spec = tmp_path / "spec.txt"
-    spec.write_text(f'training_config {{ checkpoint: "/nowhere/{SECRET}.tlt" }}\n')
+    spec.write_text(complete(f'training_config {{ checkpoint: "/nowhere/{SECRET}.tlt" }}\n'))
     result = run_cli("spec", str(spec), "--log_file", str(log_file), env={"EFFDET_KEY": SECRET})
     assert result.returncode == 0
     assert "does not exist" not in result.stderr

@@ -26,6 +26,7 @@ from effdet.model.saving import WEIGHTS, members_to_arrays
 from effdet.training.strategy import (
     average_across_replicas, batch_norm_statistics, is_chief, make_strategy,
 )
+from tests.spec_support import complete
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "distributed-test-Key-3"
@@ -89,7 +90,7 @@ def workspace(tmp_path_factory) -> Path:
                         val_fraction=0.0)
     dataset_convert(data.image_dir, data.train_json, root / "tfrecords", tag="train",
                     num_shards=2, workers=1)
-    (root / "spec.txt").write_text(f"""
+    (root / "spec.txt").write_text(complete(f"""
 training_config {{
   train_batch_size: 2
   iterations_per_loop: 2
@@ -100,6 +101,9 @@ training_config {{
   learning_rate: 0.01
   lr_warmup_init: 0.001
   lr_warmup_epoch: 1
+  moving_average_decay: 0.9998
+  l2_weight_decay: 0.00004
+  clip_gradients_norm: 10
 }}
 dataset_config {{
   num_classes: 5
@@ -110,7 +114,10 @@ eval_config {{
   eval_epoch_cycle: 2
   eval_after_training: false
 }}
-""")
+augmentation_config {{
+  rand_hflip: true
+}}
+"""))
     return root
 
 
@@ -153,7 +160,8 @@ def test_two_workers_end_identical_and_only_the_chief_writes(workspace):
 
     assert (chief["chief"], other["chief"]) == (True, False)
     assert chief["replicas"] == other["replicas"] == 2
-    assert chief["step"] == other["step"] == 4  # 8 images/epoch, global batch 2 x 2, 2 epochs
+    # As TAO: an epoch is 8 / 2 steps of each worker (its per-GPU batch), 2 epochs
+    assert chief["step"] == other["step"] == 8
     differing = [p for p in chief["weights"] if chief["weights"][p] != other["weights"][p]]
     assert not differing, f"weights differ between workers: {differing[:5]}"
     assert chief["weights"] == other["weights"]

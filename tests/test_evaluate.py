@@ -26,6 +26,7 @@ from effdet.model.saving import Architecture, load_model, save_model
 from effdet.model.variants import get_variant
 from effdet.spec import load_spec
 from effdet.spec.config import ModelConfig
+from tests.spec_support import complete
 from effdet.tasks.evaluate import (
     detection_rows, evaluate, make_detector, run_detection, yxyx_to_xywh,
 )
@@ -48,7 +49,7 @@ def workspace(tmp_path_factory) -> dict:
     dataset_convert(data.image_dir, data.val_json, root / "tfrecords", tag="val", num_shards=1,
                     workers=1)
     spec = root / "spec.txt"
-    spec.write_text(f"""
+    spec.write_text(complete(f"""
 dataset_config {{
   num_classes: 5
   image_size: "128,128"
@@ -60,7 +61,7 @@ eval_config {{
   eval_samples: 3
   max_detections_per_image: 20
 }}
-""")
+"""))
     architecture = tiny_architecture()
     model_path = root / "model" / "m.tlt"
     model_path.parent.mkdir()

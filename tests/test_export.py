@@ -25,6 +25,7 @@ from effdet.model.variants import get_variant
 from effdet.postprocess import postprocess
 from effdet.spec.config import ModelConfig
 from effdet.tasks.export import export
+from tests.spec_support import complete
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "export-test-Key-3"
@@ -43,7 +44,7 @@ def write_spec(root: Path) -> Path:
     val_json = root / "val.json"
     val_json.write_text(json.dumps({"images": [], "annotations": [], "categories": CATEGORIES}))
     spec = root / "spec.txt"
-    spec.write_text(f"""
+    spec.write_text(complete(f"""
 dataset_config {{
   num_classes: 5
   image_size: "128,128"
@@ -53,7 +54,7 @@ eval_config {{
   min_score_thresh: 0.3
   max_detections_per_image: {MAX_DETECTIONS}
 }}
-""")
+"""))
     return spec
 
 

@@ -11,6 +11,7 @@ from effdet.data.convert import dataset_convert
 from effdet.data.synthetic import make_dataset
 from effdet.model.variants import get_variant
 from effdet.tasks.train import train
+from tests.spec_support import complete
 
 KEY = "learning-test-key"
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +29,9 @@ def test_short_training_reaches_ap50_half_by_effdet_evaluate(tmp_path):
                     num_shards=2)
     dataset_convert(summary.image_dir, summary.val_json, tmp_path / "val", tag="val", num_shards=1)
     spec = tmp_path / "spec.txt"
-    spec.write_text(f"""
+    spec.write_text(complete(f"""
 training_config {{
+  l2_weight_decay: 0.00004 clip_gradients_norm: 10
   train_batch_size: 8 iterations_per_loop: 4 checkpoint_period: 75 num_examples_per_epoch: 64
   num_epochs: 150 stop_at_epoch: 75 lr_warmup_epoch: 1 lr_warmup_init: 0.01 learning_rate: 0.08
   moving_average_decay: 0.99 logging_frequency: 64
@@ -42,7 +44,7 @@ dataset_config {{
 }}
 eval_config {{ eval_batch_size: 8 eval_epoch_cycle: 150 eval_samples: 16 eval_after_training: false }}
 augmentation_config {{ rand_hflip: true random_crop_min_scale: 0.8 random_crop_max_scale: 1.2 }}
-""")
+"""))
     train(spec, tmp_path / "model", KEY, variant=SMALL)
     metrics = evaluate_cli(spec, tmp_path / "model" / "model.tlt", tmp_path / "eval")
     assert metrics["AP50"] >= 0.5, metrics

@@ -21,6 +21,7 @@ from effdet.pruning.groups import channel_graph
 from effdet.pruning.surgery import PruneSettings, group_statistic
 from effdet.spec.config import ModelConfig
 from effdet.tasks.prune import MODEL_FILE, REPORT_FILE, prune
+from tests.spec_support import complete
 
 KEY = "prune-test-Key-3"
 REPO = Path(__file__).resolve().parents[1]
@@ -269,7 +270,7 @@ def test_pruned_model_retrains_evaluates_exports_and_runs_in_onnx_runtime(traine
     report = json.loads((tmp_path / "pruned" / REPORT_FILE).read_text())
     assert report["params"]["ratio"] < 0.9
     spec = tmp_path / "retrain.txt"
-    spec.write_text(f"""
+    spec.write_text(complete(f"""
 training_config {{
   train_batch_size: 4 num_examples_per_epoch: 8 num_epochs: 2 checkpoint_period: 1
   iterations_per_loop: 1 learning_rate: 0.02 lr_warmup_epoch: 1 moving_average_decay: 0.9
@@ -283,7 +284,7 @@ dataset_config {{
 }}
 eval_config {{ eval_batch_size: 2 eval_samples: 4 eval_after_training: false
   min_score_thresh: 0.0 max_detections_per_image: 10 }}
-""")
+"""))
     effdet_cli("train", "-e", str(spec), "-d", str(tmp_path / "retrain"), cwd=tmp_path)
     retrained = load_model(tmp_path / "retrain" / "model.tlt", KEY)
     assert retrained.architecture.widths == load_model(pruned, KEY).architecture.widths

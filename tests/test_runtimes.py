@@ -27,6 +27,7 @@ from effdet.postprocess import postprocess
 from effdet.runtimes import open_detector
 from effdet.runtimes.base import Detections, letterbox, to_original
 from effdet.spec.config import ExperimentConfig, ModelConfig
+from tests.spec_support import complete
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "runtimes-test-Key-3"
@@ -243,8 +244,8 @@ def test_cli_engine_without_tensorrt_one_line_exit_2(tmp_path):
 
 def write_spec(directory: Path) -> Path:
     spec = directory / "spec.txt"
-    spec.write_text('dataset_config { num_classes: 5 image_size: "128,128" }\n'
-                    "eval_config { max_detections_per_image: 20 }\n")
+    spec.write_text(complete('dataset_config { num_classes: 5 image_size: "128,128" }\n'
+                             "eval_config { max_detections_per_image: 20 }\n"))
     return spec
 
 

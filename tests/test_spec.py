@@ -81,7 +81,7 @@ def test_missing_required_fields_are_one_error_naming_them(tmp_path):
     assert "\n" not in message and message.startswith(str(spec))
     assert "dataset_config.num_classes" in message and "model_config.model_name" in message
     assert "training_config.learning_rate" not in message
-    one = complete("").replace("  learning_rate: 0.01\n", "")
+    one = complete("").replace("  learning_rate: 0.08\n", "")
     with pytest.raises(SpecError, match=r"missing required field training_config\.learning_rate "):
         parse_spec(one)
 

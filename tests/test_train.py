@@ -30,6 +30,7 @@ from effdet.model.variants import get_variant
 from effdet.spec import load_spec
 from effdet.tasks.train import Trainer, train
 from effdet.training.regularization import weight_decay
+from tests.spec_support import complete
 
 KEY = "train-test-key"
 TINY = get_variant("efficientdet-d0").replace(fpn_num_filters=16, fpn_cell_repeats=1,
@@ -47,9 +48,20 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
+# Values these tests were written against that differ from TAO's defaults; a test's own
+# `training`/`evaluation` text overrides them.
+KEPT_TRAINING = {"l2_weight_decay": "0.00004", "clip_gradients_norm": "10"}
+KEPT_EVALUATION = {"eval_after_training": "true"}
+
+
+def kept(text: str, values: dict[str, str]) -> str:
+    return " ".join([text] + [f"{k}: {v}" for k, v in values.items() if f"{k}:" not in text])
+
+
 def write_spec(path: Path, data: Path, training: str = "", evaluation: str = "",
                num_classes: int = 5) -> Path:
-    path.write_text(textwrap.dedent(f"""\
+    training, evaluation = kept(training, KEPT_TRAINING), kept(evaluation, KEPT_EVALUATION)
+    path.write_text(complete(textwrap.dedent(f"""\
         training_config {{
           train_batch_size: 4
           num_examples_per_epoch: 8
@@ -77,8 +89,8 @@ def write_spec(path: Path, data: Path, training: str = "", evaluation: str = "",
           eval_samples: 4
           {evaluation}
         }}
-        augmentation_config {{ random_crop_min_scale: 0.8 random_crop_max_scale: 1.2 }}
-        """))
+        augmentation_config {{ rand_hflip: true random_crop_min_scale: 0.8 random_crop_max_scale: 1.2 }}
+        """)))
     return path
 
 
@@ -231,9 +243,10 @@ def test_optimizer_and_schedule_follow_the_spec(data, tmp_path):
     assert float(trainer.schedule(2)) == pytest.approx(0.03)  # halfway through 4 warm-up steps
     assert float(trainer.schedule(4)) == pytest.approx(0.05)  # learning_rate, the peak
     assert float(trainer.schedule(8)) == pytest.approx(0.0, abs=1e-7)  # num_epochs * 2 steps
-    unclipped = trainer_for(write_spec(tmp_path / "s2.txt", data, "clip_gradients_norm: 0"),
+    zero = trainer_for(write_spec(tmp_path / "s2.txt", data, "clip_gradients_norm: 0"),
                             tmp_path / "m2")
-    assert unclipped.optimizer.global_clipnorm is None
+    # TAO reads 0 as its default 5.0 (utils/spec_loader.py:154)
+    assert zero.optimizer.global_clipnorm == pytest.approx(5.0)
 
 
 def test_use_xla_compiles_the_train_step(data, tmp_path):

@@ -15,6 +15,7 @@ from effdet.training.checkpoints import checkpoint_path, checkpoints, rotate
 from effdet.training.ema import WeightAverage
 from effdet.training.regularization import decayed_kernels, weight_decay
 from effdet.training.schedule import WarmupCosine
+from tests.spec_support import complete
 
 
 def test_schedule_warms_up_linearly_then_cosine_decays_to_zero():
@@ -29,12 +30,13 @@ def test_schedule_warms_up_linearly_then_cosine_decays_to_zero():
 
 
 def test_steps_follow_epochs_batch_and_stop_at_epoch():
-    config = parse_spec("training_config { num_examples_per_epoch: 100 train_batch_size: 8 "
-                        "num_epochs: 10 lr_warmup_epoch: 2 stop_at_epoch: 4 }\n"
-                        "eval_config { eval_epoch_cycle: 1 }")
-    steps = Steps.of(config, global_batch=16)
-    assert (steps.per_epoch, steps.total, steps.stop, steps.warmup) == (6, 60, 24, 12)
-    assert Steps.of(config, global_batch=8).per_epoch == 12
+    config = parse_spec(complete(
+        "training_config { num_examples_per_epoch: 100 train_batch_size: 8 "
+        "num_epochs: 10 lr_warmup_epoch: 2.5 stop_at_epoch: 4 }\n"
+        "eval_config { eval_epoch_cycle: 1 }"))
+    steps = Steps.of(config)
+    # TAO: warm-up int(2.5 * 100 / 8) = 31 steps, schedule int(10 * 100 / 8) = 125
+    assert (steps.per_epoch, steps.total, steps.stop, steps.warmup) == (12, 125, 48, 31)
 
 
 def test_weight_decay_counts_kernels_only_with_l2_and_true_l1():

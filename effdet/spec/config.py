@@ -13,6 +13,11 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 
+# Omitted fields whose default is effdet's own, not TAO's: TAO's trainer never reads
+# iterations_per_loop, and its proto3 zero would mean no steps per loop here.
+EFFDET_DEFAULTS = frozenset({"training_config.iterations_per_loop"})
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     training_file_pattern: str = ""

@@ -180,8 +180,10 @@ class _Resolver:
         self.lines = {site.path: site.line for site in sites if not site.is_message}
         self.defaulted: set[str] = set()
 
-    def check_required(self) -> None:
-        missing = [name for name in REQUIRED_FIELDS if name in self.defaulted]
+    def check_required(self, sections: dict[str, Any]) -> None:
+        """TAO asserts these are non-empty, so an explicit "" is as missing as an omission."""
+        missing = [name for name in REQUIRED_FIELDS if name in self.defaulted
+                   or getattr(sections[name.split(".")[0]], name.split(".")[1]) == ""]
         if missing:
             raise SpecError(f"{self.source}: missing required field{'s' if len(missing) > 1 else ''} "
                             f"{', '.join(missing)} (TAO requires them too)")
@@ -223,15 +225,11 @@ class _Resolver:
         evaluation = self.build("eval_config", self.eval_values(training))
         augmentation = self.build("augmentation_config", self.augmentation_values())
         model = self.check_levels(model)
-        self.check_required()
-        return ExperimentConfig(
-            dataset_config=dataset,
-            training_config=training,
-            eval_config=evaluation,
-            augmentation_config=augmentation,
-            model_config=model,
-            defaulted=frozenset(self.defaulted),
-        )
+        sections = {"dataset_config": dataset, "training_config": training,
+                    "eval_config": evaluation, "augmentation_config": augmentation,
+                    "model_config": model}
+        self.check_required(sections)
+        return ExperimentConfig(**sections, defaulted=frozenset(self.defaulted))
 
     # --- sections -------------------------------------------------------------------------
 

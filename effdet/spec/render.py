@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from effdet.spec.config import ExperimentConfig
+from effdet.spec.config import EFFDET_DEFAULTS, ExperimentConfig
 
 
 def render_config(config: ExperimentConfig) -> str:
@@ -11,17 +11,19 @@ def render_config(config: ExperimentConfig) -> str:
         lines.append(f"{section} {{")
         width = max(len(name) for name in values)
         for name, value in values.items():
-            mark = "  (TAO default)" if f"{section}.{name}" in config.defaulted else ""
-            lines.append(f"  {name:<{width}}  {_show(value)}{mark}")
+            dotted = f"{section}.{name}"
+            mark = ("" if dotted not in config.defaulted
+                    else "  (effdet default)" if dotted in EFFDET_DEFAULTS else "  (TAO default)")
+            lines.append(f"  {name:<{width}}  {render_value(value)}{mark}")
         lines.append("}")
     return "\n".join(lines)
 
 
-def _show(value: object) -> str:
+def render_value(value: object) -> str:
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
-        return "(" + ", ".join(_show(v) for v in value) + ")"
+        return "(" + ", ".join(render_value(v) for v in value) + ")"
     return str(value)

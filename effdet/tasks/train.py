@@ -71,13 +71,20 @@ class Steps:
     warmup: int
 
     @classmethod
-    def of(cls, config: ExperimentConfig, global_batch: int) -> Steps:
+    def of(cls, config: ExperimentConfig) -> Steps:
+        """TAO's counts: an epoch is num_examples_per_epoch / train_batch_size steps of every
+        replica (the per-GPU batch, so N GPUs see N times the examples), and the warm-up and
+        schedule lengths are truncated from the unrounded epoch (models/det_model_fn.py:52-56,
+        executer/distributed_executer.py:362-363)."""
         training = config.training_config
-        per_epoch = max(1, training.num_examples_per_epoch // global_batch)
-        total = per_epoch * training.num_epochs
+        batch = training.train_batch_size
+        per_epoch = max(1, training.num_examples_per_epoch // batch)
+        exact_epoch = training.num_examples_per_epoch / batch
         stop_epoch = training.stop_at_epoch or training.num_epochs
-        return cls(per_epoch, total, per_epoch * min(stop_epoch, training.num_epochs),
-                   int(round(training.lr_warmup_epoch * per_epoch)))
+        return cls(per_epoch, max(per_epoch * training.num_epochs,
+                                  int(training.num_epochs * exact_epoch)),
+                   per_epoch * min(stop_epoch, training.num_epochs),
+                   int(training.lr_warmup_epoch * exact_epoch))
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,7 @@ class Trainer:
         self.chief = is_chief(self.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
         self.global_batch = self.training.train_batch_size * self.replicas
-        self.steps = Steps.of(config, self.global_batch)
+        self.steps = Steps.of(config)
         self.variant = variant or get_variant(config.model_config.model_name)
         self.eval_skip_reported = False
 
