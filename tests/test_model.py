@@ -105,19 +105,35 @@ def test_user_errors_raise_effdet_error():
         tiny_model(config=ModelConfig(freeze_blocks=(9,)))
 
 
-def test_freeze_bn_and_freeze_blocks():
-    model = tiny_model(config=ModelConfig(freeze_bn=True, freeze_blocks=(0, 1, 2)))
+def test_freeze_blocks_freezes_the_convolution_kernels_of_taos_blocks_only():
+    model = tiny_model(config=ModelConfig(freeze_blocks=(0, 1, 2, 8)))
+    convs = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+    frozen_blocks = ("stem_", "block1", "block2")
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            assert not layer.trainable
-        elif layer.name.startswith(("stem_", "block1", "block2")):
-            assert not layer.trainable_weights
+        if isinstance(layer, convs) and layer.name.startswith(frozen_blocks):
+            assert not layer.trainable, layer.name
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            assert layer.trainable and layer.trainable_weights, layer.name  # TAO: BN keeps training
+    assert not model.get_layer("block1a_se_expand").trainable
     assert model.get_layer("block3a_expand_conv").trainable
-    frozen = tiny_model(config=ModelConfig(freeze_bn=True))
-    bn = frozen.get_layer("stem_bn")
-    before = bn.moving_mean.numpy().copy()
-    frozen(tf.random.normal([2, 128, 128, 3]), training=True)
-    np.testing.assert_array_equal(bn.moving_mean.numpy(), before)  # inference-mode BN
+
+
+def test_freeze_bn_freezes_backbone_statistics_only_and_gamma_beta_train():
+    model = tiny_model(config=ModelConfig(freeze_bn=True))
+    backbone, neck = model.get_layer("stem_bn"), model.get_layer("class_net_conv0_bn_p3")
+    assert backbone.trainable and {w.name for w in backbone.trainable_weights} == {"gamma", "beta"}
+    before = {bn.name: bn.moving_mean.numpy().copy() for bn in (backbone, neck)}
+    images = tf.random.normal([2, 128, 128, 3])
+    with tf.GradientTape() as tape:
+        outputs = model(images, training=True)
+        loss = tf.add_n([tf.reduce_sum(o) for o in outputs[0]])
+    np.testing.assert_array_equal(backbone.moving_mean.numpy(), before["stem_bn"])
+    assert not np.array_equal(neck.moving_mean.numpy(), before["class_net_conv0_bn_p3"])
+    assert tape.gradient(loss, backbone.gamma) is not None
+    # The moving statistics normalise even in training mode.
+    probe = keras.Model(model.input, backbone.output)
+    np.testing.assert_allclose(probe(images, training=True).numpy(),
+                               probe(images, training=False).numpy(), atol=1e-6)
 
 
 def test_keras_save_load_round_trip_with_stochastic_depth(tmp_path):

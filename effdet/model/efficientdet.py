@@ -18,8 +18,11 @@ from effdet.spec.config import ModelConfig
 logger = logging.getLogger("effdet")
 
 BACKBONE_MAX_LEVEL = 5
-# freeze_blocks ids: 0 is the stem, 1..7 the MBConv stages (layer prefixes "block1".."block7").
-NUM_FREEZABLE_BLOCKS = len(B0_STAGES) + 1
+# freeze_blocks ids as TAO numbers them (core/templates/efficientnet_tf.py:156, 186, 203):
+# 0 the stem, 1..7 the MBConv stages (layer prefixes "block1".."block7"), 8 TAO's top_conv,
+# which feeds none of the detector's outputs and is not built here.
+TOP_BLOCK = len(B0_STAGES) + 1
+NUM_FREEZABLE_BLOCKS = TOP_BLOCK + 1
 
 
 def num_anchors_per_location(model_config: ModelConfig) -> int:
@@ -54,7 +57,7 @@ def build_efficientdet(model_config: ModelConfig, num_classes: int, image_size: 
     bad_blocks = [b for b in model_config.freeze_blocks if not 0 <= b < NUM_FREEZABLE_BLOCKS]
     if bad_blocks:
         raise EffdetError(f"freeze_blocks ids must be 0..{NUM_FREEZABLE_BLOCKS - 1} "
-                          f"(0 = stem, 1..7 = EfficientNet stages), got {bad_blocks}")
+                          f"(0 = stem, 1..7 = EfficientNet stages, 8 = top), got {bad_blocks}")
 
     f = factory or LayerFactory(widths, freeze_bn=model_config.freeze_bn)
     images = keras.Input(shape=(height, width, 3), name="image")
@@ -81,11 +84,16 @@ def build_efficientdet(model_config: ModelConfig, num_classes: int, image_size: 
 
 
 def freeze_blocks(model: keras.Model, block_ids: tuple[int, ...]) -> None:
-    """Make every layer of the given backbone blocks non-trainable (BN then uses moving stats)."""
-    prefixes = tuple("stem_" if b == 0 else f"block{b}" for b in block_ids)
+    """Freeze the convolution kernels of the given backbone blocks, as TAO does: their
+    BatchNormalization layers keep training (TAO passes trainable=False to the convs only)."""
+    prefixes = tuple("stem_" if b == 0 else f"block{b}" for b in block_ids if b != TOP_BLOCK)
+    if TOP_BLOCK in block_ids:
+        logger.info("freeze_blocks %d (TAO's top_conv) has no effect: the detector does not use "
+                    "that layer", TOP_BLOCK)
     if not prefixes:
         return
     for layer in model.layers:
-        if layer.name.startswith(prefixes):
+        if (layer.name.startswith(prefixes)
+                and isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))):
             layer.trainable = False
-    logger.info("froze backbone blocks %s", sorted(block_ids))
+    logger.info("froze the convolutions of backbone blocks %s", sorted(block_ids))

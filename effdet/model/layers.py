@@ -21,6 +21,11 @@ _CONV_INIT = {"class_name": "VarianceScaling",
               "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}}
 
 
+# The EfficientNet backbone's layer names (stem and MBConv stages); TAO's freeze_bn and
+# freeze_blocks act on these layers only.
+BACKBONE_PREFIXES = ("stem_", "block")
+
+
 class LayerFactory:
     """Creates named layers, applying width overrides and BatchNorm freezing."""
 
@@ -73,8 +78,9 @@ class LayerFactory:
                                       bias_initializer=bias_initializer, name=self._claim(name))
 
     def bn(self, name: str) -> layers.BatchNormalization:
-        return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                         trainable=not self._freeze_bn, name=self._claim(name))
+        frozen = self._freeze_bn and name.startswith(BACKBONE_PREFIXES)
+        kind = MovingStatsBatchNormalization if frozen else layers.BatchNormalization
+        return kind(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=self._claim(name))
 
     def swish(self, name: str) -> layers.Activation:
         return layers.Activation("swish", name=self._claim(name))
@@ -82,6 +88,16 @@ class LayerFactory:
     def named(self, name: str) -> str:
         """Claim a name for a parameter-free layer built by the caller."""
         return self._claim(name)
+
+
+@keras.saving.register_keras_serializable(package="effdet")
+class MovingStatsBatchNormalization(layers.BatchNormalization):
+    """TAO's freeze_bn: the backbone calls BatchNormalization with training=False
+    (core/templates/utils_tf.py block(), efficientnet_tf.py stem/top), so it normalises with
+    the moving statistics and never updates them, while gamma and beta keep training."""
+
+    def call(self, inputs, training=None, mask=None):
+        return super().call(inputs, training=False, mask=mask)
 
 
 @keras.saving.register_keras_serializable(package="effdet")
