@@ -183,7 +183,8 @@ def _train_config(**dataset: object) -> ExperimentConfig:
 def test_crowd_boxes_are_dropped_only_when_configured() -> None:
     record = serialized_example(png(np.zeros((32, 64, 3), np.uint8)),
                                 [[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]], [2, 4], crowd=[1, 0])
-    skip = pipeline.train_example(tf.constant(record), 0, _train_config(max_instances_per_image=4))
+    skip = pipeline.train_example(tf.constant(record), 0, _train_config(
+        max_instances_per_image=4, skip_crowd_during_training=True))
     keep = pipeline.train_example(tf.constant(record), 0, _train_config(
         max_instances_per_image=4, skip_crowd_during_training=False))
     # A 32x64 image in a 128x128 input: scale 2, so the boxes land at 64x128 pixels.
@@ -193,16 +194,39 @@ def test_crowd_boxes_are_dropped_only_when_configured() -> None:
     np.testing.assert_allclose(keep["boxes"].numpy()[:2], [[0, 0, 32, 64], [32, 64, 64, 128]])
 
 
-def test_instances_are_padded_and_truncated_to_max_instances() -> None:
+def test_instances_are_padded_to_max_instances() -> None:
     boxes = [[0.1 * i, 0.1 * i, 0.1 * i + 0.1, 0.1 * i + 0.1] for i in range(5)]
     record = tf.constant(serialized_example(png(np.zeros((16, 16, 3), np.uint8)), boxes, [1] * 5))
     padded = pipeline.train_example(record, 0, _train_config(max_instances_per_image=8))
-    cut = pipeline.train_example(record, 0, _train_config(max_instances_per_image=3))
+    exact = pipeline.train_example(record, 0, _train_config(max_instances_per_image=5))
     assert padded["boxes"].shape == (8, 4)
     assert padded["classes"].numpy().tolist() == [1] * 5 + [-1] * 3
     assert not padded["boxes"].numpy()[5:].any()
-    assert cut["boxes"].shape == (3, 4) and cut["classes"].numpy().tolist() == [1, 1, 1]
-    np.testing.assert_allclose(cut["boxes"].numpy(), np.asarray(boxes[:3]) * 128, rtol=1e-5)
+    assert exact["classes"].numpy().tolist() == [1] * 5
+    np.testing.assert_allclose(exact["boxes"].numpy(), np.asarray(boxes) * 128, rtol=1e-5)
+
+
+def _train_error(record: bytes, **dataset: object) -> str:
+    with pytest.raises(EffdetError) as info, pipeline.data_errors():
+        pipeline.train_example(tf.constant(record), 0, _train_config(**dataset), origin="s-0")
+    return str(info.value)
+
+
+def test_more_objects_than_max_instances_is_an_error_naming_image_and_count() -> None:
+    boxes = [[0.1 * i, 0.1 * i, 0.1 * i + 0.1, 0.1 * i + 0.1] for i in range(5)]
+    record = serialized_example(png(np.zeros((16, 16, 3), np.uint8)), boxes, [1] * 5)
+    message = _train_error(record, max_instances_per_image=3)
+    assert message == ("image x.jpg (source_id 7) in s-0 has 5 objects, more than "
+                       "dataset_config.max_instances_per_image (3); raise it")
+
+
+@pytest.mark.parametrize("label", [0, 5, 90])
+def test_category_id_outside_the_model_is_an_error_naming_it(label: int) -> None:
+    record = serialized_example(png(np.zeros((16, 16, 3), np.uint8)),
+                                [[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]], [2, label])
+    message = _train_error(record, max_instances_per_image=4)
+    assert message == (f"category id {label} of image x.jpg (source_id 7) in s-0 is outside "
+                       "1..4 (dataset_config.num_classes is 5, the background included)")
 
 
 def test_eval_batches_map_back_to_the_original_image(shards: Path) -> None:

@@ -36,7 +36,7 @@ from effdet.anchors import Anchors, assign_targets
 from effdet.data.preprocess import fit_size, normalize_image, pad_to, resize_and_pad
 from effdet.data.records import FEATURES
 from effdet.errors import EffdetError
-from effdet.spec.config import AugmentationConfig, ExperimentConfig
+from effdet.spec.config import AugmentationConfig, DatasetConfig, ExperimentConfig
 
 logger = logging.getLogger("effdet")
 
@@ -111,7 +111,8 @@ def data_errors() -> Iterator[None]:
 def _data_error_message(error: tf.errors.OpError) -> str | None:
     found = re.search(re.escape(_MARKER) + r"([^\]\n]*)", error.message)
     if found:
-        return found.group(1).strip()
+        # Eager execution prints the Assert data as a quoted string.
+        return found.group(1).strip().rstrip("'\"")
     if isinstance(error, tf.errors.DataLossError):
         return f"corrupt TFRecord data: {error.message.splitlines()[0]}"
     return None
@@ -278,12 +279,38 @@ def train_example(serialized: tf.Tensor, k: tf.Tensor, config: ExperimentConfig,
     if dataset.skip_crowd_during_training:
         keep = tf.equal(parsed["is_crowd"], 0)
         boxes, classes = tf.boolean_mask(boxes, keep), tf.boolean_mask(classes, keep)
+    with tf.control_dependencies(check_objects(parsed, classes, dataset, origin)):
+        boxes = tf.identity(boxes)
     seed = tf.stack([tf.constant(config.training_config.tf_random_seed, tf.int64),
                      tf.cast(k, tf.int64)])
     image, boxes, classes = augment(decode_image(parsed, origin), boxes, classes,
                                     tuple(dataset.image_size), config.augmentation_config, seed)
     boxes, classes = pad_instances(boxes, classes, dataset.max_instances_per_image)
     return {"image": image, "boxes": boxes, "classes": classes}
+
+
+def check_objects(parsed: dict[str, tf.Tensor], classes: tf.Tensor, dataset: DatasetConfig,
+                  origin: tf.Tensor | str) -> list[tf.Operation]:
+    """Fail on the first record whose labels the model cannot learn as given: a category id
+    outside 1..num_classes-1 (it would be trained as background), or more objects than
+    max_instances_per_image (TAO's dataloader stops there too, dataloader.py:240-242; here the
+    count is taken before augmentation, so the check does not depend on the random crop)."""
+    image = tf.strings.join(["image ", parsed["filename"], " (source_id ", parsed["source_id"],
+                             ") in ", origin])
+    labels = parsed["classes"]
+    in_range = tf.logical_and(labels >= 1, labels < dataset.num_classes)
+    bad = tf.concat([tf.boolean_mask(labels, tf.logical_not(in_range)), [0]], axis=0)
+    count = tf.size(classes)
+    return [
+        tf.debugging.Assert(tf.reduce_all(in_range), [tf.strings.join([
+            _MARKER, "category id ", tf.strings.as_string(bad[0]), " of ", image, " is outside 1..",
+            str(dataset.num_classes - 1), " (dataset_config.num_classes is ",
+            str(dataset.num_classes), ", the background included)"])]),
+        tf.debugging.Assert(count <= dataset.max_instances_per_image, [tf.strings.join([
+            _MARKER, image, " has ", tf.strings.as_string(count),
+            " objects, more than dataset_config.max_instances_per_image (",
+            str(dataset.max_instances_per_image), "); raise it"])]),
+    ]
 
 
 # ------------------------------------------------------------------------- datasets
