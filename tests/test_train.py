@@ -404,3 +404,16 @@ def test_amp_trains_in_mixed_precision_and_restores_the_policy(data, tmp_path):
     assert keras.mixed_precision.global_policy().name == "float32"
     assert all(a.dtype == np.float32 for a in weights_of(tmp_path / "m" / "model.tlt").values()
                if a.dtype.kind == "f")
+
+
+def test_a_category_id_beyond_num_classes_stops_training_naming_it(data, tmp_path):
+    # The synthetic data has category ids 1..4; a spec carrying 3 classes (+ background)
+    # cannot learn id 4: training stops at the first such record instead of ignoring it.
+    spec = write_spec(tmp_path / "spec.txt", data, num_classes=3, training="num_epochs: 1",
+                      evaluation="eval_after_training: false")
+    with pytest.raises(EffdetError) as info:
+        train(spec, tmp_path / "m", KEY, variant=TINY)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "category id 4 of image " in message and "is outside 1..2" in message
+    assert "dataset_config.num_classes is 3" in message
