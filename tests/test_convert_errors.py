@@ -64,6 +64,21 @@ def test_unknown_category(tiny_coco: Factory) -> None:
     _fails(coco, "annotation 101", "unknown category_id 42")
 
 
+def test_category_id_0_is_an_error_naming_the_category(tiny_coco: Factory) -> None:
+    coco = tiny_coco(2)
+    coco.categories.append({"id": 0, "name": "person"})
+    coco.annotations[1]["category_id"] = 0
+    _fails(coco, "annotation 101", "category_id 0 ('person') is below 1",
+           "dataset_config.num_classes")
+
+
+def test_unused_category_id_0_is_accepted(tiny_coco: Factory) -> None:
+    # Exports that list a super-category as id 0 without using it convert as before.
+    coco = tiny_coco(2)
+    coco.categories.append({"id": 0, "name": "cells"})
+    _convert(coco)
+
+
 def test_size_mismatch(tiny_coco: Factory) -> None:
     coco = tiny_coco(2)
     coco.images[0]["width"] = 65

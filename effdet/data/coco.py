@@ -151,6 +151,11 @@ def _annotation_problem(
         return f"unknown image_id {ann['image_id']}"
     if ann["category_id"] not in categories:
         return f"unknown category_id {ann['category_id']}"
+    if ann["category_id"] < 1:
+        return (f"category_id {ann['category_id']} ('{categories[ann['category_id']][:40]}') is "
+                "below 1: id 0 is the background in TAO's labels (dataset_config.num_classes "
+                "counts it), so objects of this category would be learnt as background; "
+                "number the categories from 1")
     bbox = ann.get("bbox")
     if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_is_number, bbox)):
         return "'bbox' must be 4 finite numbers [x, y, width, height]"
