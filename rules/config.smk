@@ -1,6 +1,7 @@
 # Check the configuration before any job: keys and types (config/config.schema.yaml), the
 # experiments `run` names, and the files they point at. A problem stops Snakemake with exit
 # code 1 and one line, "config error: <where>: <what>".
+import math
 import sys
 from pathlib import Path
 
@@ -12,10 +13,29 @@ from effdet.errors import EffdetError
 from effdet.spec import load_spec
 
 CONFIG_SCHEMA = str(Path(workflow.main_snakefile).parent / "config" / "config.schema.yaml")
+# Values echoed in an error are cut to this many characters.
+ECHO_LIMIT = 40
 
 
 def config_error(where, what):
     sys.exit(f"config error: {where}: {what}")
+
+
+def _short(text):
+    return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + "…"
+
+
+def _non_finite(value, where):
+    """The first NaN or infinity in the config (JSON Schema's bounds let them through)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    children = (value.items() if isinstance(value, dict)
+                else enumerate(value) if isinstance(value, list) else ())
+    for key, child in children:
+        found = _non_finite(child, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
 
 
 def _schema_problem(error):
@@ -27,10 +47,14 @@ def _schema_problem(error):
         return where, f"unknown key {', '.join(map(repr, unknown))} (allowed: {allowed})"
     if error.validator == "required":
         return where, error.message.replace("is a required property", "is missing")
-    return where, error.message
+    shown = repr(error.instance)
+    return where, error.message.replace(shown, _short(shown), 1)
 
 
 def check_config(config):
+    bad = _non_finite(config, "")
+    if bad:
+        config_error(bad, "must be a finite number")
     schema = yaml.safe_load(Path(CONFIG_SCHEMA).read_text())
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if errors:

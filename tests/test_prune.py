@@ -177,6 +177,13 @@ def test_refuses_a_non_empty_output_dir_and_a_wrong_key(trained_like, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("threshold", [-0.1, 1.5, float("nan"), float("inf")])
+def test_threshold_outside_0_1_is_refused_before_anything_is_read(tmp_path, threshold):
+    with pytest.raises(EffdetError, match=r"-pth/--pruning_threshold must be in \[0, 1\]"):
+        prune(tmp_path / "missing.tlt", tmp_path / "out", KEY, PruneSettings(threshold=threshold))
+    assert not (tmp_path / "out").exists()
+
+
 def test_criteria_unit_rules():
     kernel = np.zeros((1, 1, 2, 3))
     kernel[0, 0, :, 0] = [3, 4]

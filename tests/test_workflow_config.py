@@ -64,6 +64,16 @@ BAD_CONFIGS = {
     "wrong type in a section": (
         lambda c: demo(c)["prune"].update(threshold="high"),
         "config error: experiments.demo.prune.threshold: 'high' is not of type 'number'"),
+    "prune threshold above 1": (
+        lambda c: demo(c)["prune"].update(threshold=1.5),
+        "config error: experiments.demo.prune.threshold: 1.5 is greater than the maximum of 1"),
+    "threshold not a number": (
+        lambda c: demo(c)["prune"].update(threshold=float("nan")),
+        "config error: experiments.demo.prune.threshold: must be a finite number"),
+    "long value cut short": (
+        lambda c: demo(c).update(num_shards="x" * 5000),
+        "config error: experiments.demo.num_shards: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx… is not of "
+        "type 'integer'"),
     "bad choice": (
         lambda c: demo(c)["export"].update(data_type="int4"),
         "config error: experiments.demo.export.data_type: 'int4' is not one of"),

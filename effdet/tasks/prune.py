@@ -43,6 +43,9 @@ class PruneResult:
 def prune(model_path: str | Path, output_dir: str | Path, key: str,
           settings: PruneSettings = PruneSettings()) -> PruneResult:
     model_path, output_dir = Path(model_path), Path(output_dir)
+    if not 0.0 <= settings.threshold <= 1.0:  # also refuses NaN
+        raise EffdetError(f"-pth/--pruning_threshold must be in [0, 1] (normalised filter "
+                          f"norms), got {settings.threshold:.6g}")
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise EffdetError(f"{output_dir}: output directory is not empty")
     contents = read_tlt(model_path, key)
