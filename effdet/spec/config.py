@@ -62,7 +62,7 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    min_eval_interval: int = 300
+    min_eval_interval: int = 0
     eval_timeout: int = 0
     eval_batch_size: int = 16
     eval_epoch_cycle: int = 2
