@@ -13,10 +13,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from effdet.spec import load_spec, path_warnings
+from effdet.anchors import anchors_for
+from effdet.spec import SpecError, load_spec, parse_spec, path_warnings
 from effdet.spec.render import render_config
+from tests.spec_support import complete
 
 SPECS = Path(__file__).resolve().parent / "data" / "tao_specs"
 LOADER = "utils/spec_loader.py"
@@ -180,3 +183,46 @@ def test_missing_data_paths_only_warn(caplog):
     problems = path_warnings(config)
     assert len(problems) == 3 and all("/home/iva_2000/" in p for p in problems)
     assert "(TAO default)" in render_config(config)
+
+
+def test_image_size_wxh_is_width_by_height_and_h_comma_w_stays():
+    # TAO's utils/utils.py:463-469: "WxH" -> (H, W); "H,W" -> (H, W)
+    wxh = parse_spec(complete('dataset_config { image_size: "640x384" }'))
+    assert wxh.dataset_config.image_size == (384, 640)
+    hw = parse_spec(complete('dataset_config { image_size: "384,640" }'))
+    assert hw.dataset_config.image_size == (384, 640)
+
+
+@pytest.mark.parametrize("scale", ["4.0", "1.5"])
+def test_float_anchor_scale_parses_and_builds_anchors(scale):
+    # proto/model_config.proto:11: float anchor_scale = 5
+    config = parse_spec(complete(f'dataset_config {{ image_size: "640x384" }}\n'
+                                 f"model_config {{ anchor_scale: {scale} }}"))
+    assert config.model_config.anchor_scale == float(scale)
+    anchors = anchors_for(config.model_config, config.dataset_config.image_size)
+    assert anchors.image_size == (384, 640) and anchors.level_shapes[3] == (48, 80)
+    half = float(scale) * 8 / 2  # level 3: stride 8, first octave, aspect (1, 1), centre (4, 4)
+    np.testing.assert_allclose(anchors.boxes[0], [4 - half, 4 - half, 4 + half, 4 + half])
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("training_config { learning_rate: inf }", "training_config.learning_rate"),
+    ("training_config { learning_rate: nan }", "training_config.learning_rate"),
+    ("training_config { lr_warmup_epoch: -inf }", "training_config.lr_warmup_epoch"),
+    ('dataset_config { image_size: "8192,8192" }', "dataset_config.image_size"),
+    ('dataset_config { image_size: "99999999999x512" }', "dataset_config.image_size"),
+])
+def test_out_of_range_values_are_one_line_errors_at_load_time(tmp_path, text, field):
+    spec = tmp_path / "bad.txt"
+    spec.write_text(complete(text))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    message = str(info.value)
+    assert "\n" not in message and f"field '{field}'" in message and ":1:" in message
+
+
+def test_a_long_value_is_echoed_as_a_short_prefix():
+    junk = "7" * 10_000
+    with pytest.raises(SpecError) as info:
+        parse_spec(complete(f'dataset_config {{ image_size: "{junk}" }}'))
+    assert len(str(info.value)) < 200 and "7" * 40 + "…" in str(info.value)
