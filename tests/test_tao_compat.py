@@ -10,7 +10,6 @@ field is the proto3 default in the named .proto.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,8 @@ import pytest
 
 from effdet.anchors import anchors_for
 from effdet.spec import SpecError, load_spec, parse_spec, path_warnings
-from effdet.spec.render import render_config
 from tests.spec_support import complete
+from tests.test_cli import run_cli
 
 SPECS = Path(__file__).resolve().parent / "data" / "tao_specs"
 LOADER = "utils/spec_loader.py"
@@ -177,12 +176,14 @@ def test_tao_spec_resolves_field_by_field_as_taos_loader(name):
     assert config.defaulted == set(expected) - set(SPEC_VALUES[name])
 
 
-def test_missing_data_paths_only_warn(caplog):
-    with caplog.at_level(logging.WARNING, logger="effdet"):
-        config = load_spec(SPECS / "default.txt")
+def test_missing_data_paths_only_warn():
+    config = load_spec(SPECS / "default.txt")
     problems = path_warnings(config)
     assert len(problems) == 3 and all("/home/iva_2000/" in p for p in problems)
-    assert "(TAO default)" in render_config(config)
+    result = run_cli("spec", str(SPECS / "d3.txt"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("/home/iva_2000/") == 3 and "error" not in result.stderr
+    assert '"efficientdet-d3"' in result.stdout and "(TAO default)" in result.stdout
 
 
 def test_image_size_wxh_is_width_by_height_and_h_comma_w_stays():
