@@ -227,3 +227,13 @@ def test_a_long_value_is_echoed_as_a_short_prefix():
     with pytest.raises(SpecError) as info:
         parse_spec(complete(f'dataset_config {{ image_size: "{junk}" }}'))
     assert len(str(info.value)) < 200 and "7" * 40 + "…" in str(info.value)
+
+
+def test_a_long_unparsable_value_is_echoed_short(tmp_path):
+    spec = tmp_path / "bad.txt"
+    spec.write_text(complete("training_config { train_batch_size: " + "x" * 10_000 + " }"))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    message = str(info.value)
+    assert len(message) < len(str(spec)) + 160 and "couldn't parse integer: xxx" in message
+    assert message.endswith("…")

@@ -137,7 +137,7 @@ def _parse_proto(text: str, source: str, sites: list[FieldSite]) -> experiment_p
         unknown = re.search(r'Message type "effdet\.spec\.(\w+)" has no field named "(\w+)"', detail)
         if unknown:
             where = _section_of_message(unknown.group(1))
-            detail = f"unknown field '{unknown.group(2)}'" + (f" in {where}" if where else "")
+            detail = f"unknown field '{_short(unknown.group(2))}'" + (f" in {where}" if where else "")
             raise SpecError(f"{source}:{line}: {detail}") from None
         site = field_at(sites, line, column)
         field_name = f" field '{site.dotted}':" if site else ""
@@ -146,7 +146,9 @@ def _parse_proto(text: str, source: str, sites: list[FieldSite]) -> experiment_p
 
 
 def _plain_parse_detail(detail: str) -> str:
-    detail = detail.replace('"effdet.spec.', '"')
+    if detail.startswith("'") and "': " in detail:  # protobuf quotes the whole line first
+        detail = detail.rsplit("': ", 1)[1]
+    detail = _short(detail.replace('"effdet.spec.', '"'), 2 * ECHO_LIMIT)
     return detail[0].lower() + detail[1:] if detail else "syntax error"
 
 
@@ -241,7 +243,8 @@ class _Resolver:
             if current is not None and current != legacy:
                 raise self.fail(
                     "dataset_config.val_json_file",
-                    f"disagrees with validation_json_file ('{legacy}' vs '{current}'); set one",
+                    f"disagrees with validation_json_file ('{_short(legacy)}' vs "
+                    f"'{_short(current)}'); set one",
                 )
             values["validation_json_file"] = legacy
         if "num_classes" in values and values["num_classes"] < 2:
@@ -275,7 +278,6 @@ class _Resolver:
         training_name = training.model_name if training.HasField("model_name") else None
         if "model_name" not in values and training_name is not None:
             values["model_name"] = training_name
-            self.lines[("model_config", "model_name")] = self.lines[("training_config", "model_name")]
         if "model_name" in values:
             values["model_name"] = self.model_name("model_config.model_name", values["model_name"])
         if training_name is not None:
@@ -284,7 +286,7 @@ class _Resolver:
             normalised = self.model_name("training_config.model_name", training_name)
             if normalised != values["model_name"]:
                 raise self.fail("training_config.model_name",
-                                f"'{training_name}' disagrees with model_config.model_name "
+                                f"'{_short(training_name)}' disagrees with model_config.model_name "
                                 f"'{values['model_name']}'")
         if "aspect_ratios" in values:
             values["aspect_ratios"] = self.aspect_ratios(values["aspect_ratios"])
@@ -421,9 +423,9 @@ class _Resolver:
             raise self.fail(dotted, f"must be in {shown} (got {_float32_to_decimal(value)})")
 
 
-def _short(text: str) -> str:
+def _short(text: str, limit: int = ECHO_LIMIT) -> str:
     """A value as echoed in an error: a hostile spec cannot flood the terminal or the log."""
-    return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + "…"
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _is_number(value: Any) -> bool:
