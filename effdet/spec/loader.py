@@ -146,9 +146,12 @@ def _parse_proto(text: str, source: str, sites: list[FieldSite]) -> experiment_p
 
 
 def _plain_parse_detail(detail: str) -> str:
+    detail = detail.replace('"effdet.spec.', '"')
     if detail.startswith("'") and "': " in detail:  # protobuf quotes the whole line first
-        detail = detail.rsplit("': ", 1)[1]
-    detail = _short(detail.replace('"effdet.spec.', '"'), 2 * ECHO_LIMIT)
+        line, reason = detail[1:].rsplit("': ", 1)
+        detail = f"'{_short(line.strip())}': {_short(reason, 2 * ECHO_LIMIT)}"
+    else:
+        detail = _short(detail, 2 * ECHO_LIMIT)
     return detail[0].lower() + detail[1:] if detail else "syntax error"
 
 
