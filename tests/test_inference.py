@@ -17,6 +17,7 @@ from test_runtimes import KEY, save_tiny_tlt
 from effdet.errors import EffdetError
 from effdet.formats.kitti import format_kitti_line
 from effdet.tasks.inference import inference, read_label_map
+from tests.spec_support import complete
 
 ROOT = Path(__file__).resolve().parents[1]
 KITTI = re.compile(r"^(\S+) 0\.00 0 0\.00 (\d+\.\d\d) (\d+\.\d\d) (\d+\.\d\d) (\d+\.\d\d) "
@@ -38,8 +39,8 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     (images / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
     (images / "notes.txt").write_text("not an image, not looked at")
     spec = root / "spec.txt"
-    spec.write_text('dataset_config { num_classes: 5 image_size: "128,128" }\n'
-                    "eval_config { min_score_thresh: 0.9 max_detections_per_image: 20 }\n")
+    spec.write_text(complete('dataset_config { num_classes: 5 image_size: "128,128" }\n'
+                             "eval_config { min_score_thresh: 0.9 max_detections_per_image: 20 }\n"))
     save_tiny_tlt(root / "m.tlt")
     return {"root": root, "images": images, "spec": spec, "model": root / "m.tlt"}
 
