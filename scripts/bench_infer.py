@@ -85,9 +85,17 @@ def export_engine(architecture: Architecture, model: tf.keras.Model, folder: Pat
     save_model(folder / "model.tlt", KEY, architecture, model, manifest={})
     spec = folder / "spec.txt"
     size = architecture.image_size
+    # Export reads only the eval_config; the other fields are there because TAO requires them.
     spec.write_text(f'dataset_config {{ num_classes: {NUM_CLASSES} image_size: "{size[0]},'
-                    f'{size[1]}" }}\neval_config {{ max_detections_per_image: {MAX_DETECTIONS} '
-                    "min_score_thresh: 0.001 }\n")
+                    f'{size[1]}" training_file_pattern: "-" validation_file_pattern: "-" '
+                    'validation_json_file: "-" }\n'
+                    f"eval_config {{ max_detections_per_image: {MAX_DETECTIONS} "
+                    "min_score_thresh: 0.001 eval_batch_size: 1 eval_epoch_cycle: 1 "
+                    "eval_samples: 1 }\n"
+                    "training_config { train_batch_size: 1 checkpoint_period: 1 "
+                    "num_examples_per_epoch: 1 num_epochs: 1 lr_warmup_init: 0.008 "
+                    "learning_rate: 0.08 }\n"
+                    'model_config { model_name: "efficientdet-d0" }\n')
     result = export(folder / "model.tlt", spec, folder / "model.etlt", KEY)
     return gen_trt_engine(result.onnx_path, None, folder / "model.engine.onnx")
 

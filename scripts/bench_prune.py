@@ -46,7 +46,7 @@ training_config {{
   train_batch_size: 8 iterations_per_loop: 1 checkpoint_period: 5 keep_checkpoint_max: 2
   num_examples_per_epoch: {images} num_epochs: {epochs} tf_random_seed: 42
   lr_warmup_epoch: 1 lr_warmup_init: 0.005 learning_rate: 0.08 moving_average_decay: 0.999
-  l2_weight_decay: 0.00004 logging_frequency: 50 {retrain}
+  l2_weight_decay: 0.00004 clip_gradients_norm: 10 logging_frequency: 50 {retrain}
 }}
 dataset_config {{
   num_classes: 5 image_size: "{size},{size}" max_instances_per_image: 20
@@ -54,7 +54,7 @@ dataset_config {{
   validation_file_pattern: "{workdir}/tfrecords/val/val-*"
   validation_json_file: "{workdir}/raw/annotations/val.json"
 }}
-eval_config {{ eval_batch_size: 8 eval_samples: 64 eval_after_training: false
+eval_config {{ eval_batch_size: 8 eval_samples: 64 eval_after_training: false eval_epoch_cycle: 2
   max_detections_per_image: 50 }}
 model_config {{ model_name: "efficientdet-d0" }}
 augmentation_config {{ rand_hflip: true random_crop_min_scale: 0.8 random_crop_max_scale: 1.2 }}

@@ -34,8 +34,10 @@ def experiment(shards: Path, image_size: int, batch_size: int, use_xla: bool) ->
         dataset_config=dataclasses.replace(base.dataset_config, num_classes=5,
                                            training_file_pattern=str(shards / "train-*"),
                                            image_size=(image_size, image_size)),
+        # the EMA and weight decay the figures were measured with (TAO's defaults have neither)
         training_config=dataclasses.replace(base.training_config, train_batch_size=batch_size,
-                                            use_xla=use_xla))
+                                            use_xla=use_xla, moving_average_decay=0.9998,
+                                            l2_weight_decay=0.00004))
 
 
 def step_rate(config: ExperimentConfig, workdir: Path, steps: int) -> float:
