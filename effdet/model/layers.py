@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 BN_MOMENTUM = 0.99
@@ -22,11 +23,13 @@ _CONV_INIT = {"class_name": "VarianceScaling",
 
 
 class LayerFactory:
-    """Creates named layers, applying width overrides and BatchNorm freezing."""
+    """Creates named layers, applying width overrides, BatchNorm freezing and synchronisation."""
 
-    def __init__(self, widths: Mapping[str, int] | None = None, freeze_bn: bool = False) -> None:
+    def __init__(self, widths: Mapping[str, int] | None = None, freeze_bn: bool = False,
+                 sync_bn: bool = False) -> None:
         self._widths = dict(widths or {})
         self._freeze_bn = freeze_bn
+        self._sync_bn = sync_bn
         self._used: set[str] = set()
         self._width_names: set[str] = set()
 
@@ -73,8 +76,9 @@ class LayerFactory:
                                       bias_initializer=bias_initializer, name=self._claim(name))
 
     def bn(self, name: str) -> layers.BatchNormalization:
-        return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                         trainable=not self._freeze_bn, name=self._claim(name))
+        kind = SyncBatchNormalization if self._sync_bn else layers.BatchNormalization
+        return kind(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, trainable=not self._freeze_bn,
+                    name=self._claim(name))
 
     def swish(self, name: str) -> layers.Activation:
         return layers.Activation("swish", name=self._claim(name))
@@ -82,6 +86,35 @@ class LayerFactory:
     def named(self, name: str) -> str:
         """Claim a name for a parameter-free layer built by the caller."""
         return self._claim(name)
+
+
+@keras.saving.register_keras_serializable(package="effdet")
+class SyncBatchNormalization(layers.BatchNormalization):
+    """BatchNormalization with the statistics of the global batch (every replica's images),
+    as automl's TPU training; the same variables, so weights move freely to and from the
+    plain layer.
+
+    Keras's `synchronized=True` sends three all-reduces per layer (sum, sum of squares,
+    count) and as many again for their gradients; under MultiWorkerMirroredStrategy each is
+    a separate collective whose first run is a round trip to the group leader. Here the
+    sums travel in one all-reduce and the count is the local one times the replicas (every
+    replica has the same batch size). The variance is E[x^2] - E[x]^2, as Keras's and
+    automl's, also with one replica, so one process computes what N replicas do.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**{**kwargs, "synchronized": True})
+
+    def _moments(self, inputs, mask):
+        context = tf.distribute.get_replica_context()
+        if mask is not None or context is None:
+            return super()._moments(inputs, mask)
+        axes = self._reduction_axes
+        sums = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.concat(
+            [tf.reduce_sum(inputs, axes), tf.reduce_sum(tf.square(inputs), axes)], 0))
+        count = tf.reduce_prod(tf.gather(tf.shape(inputs), axes)) * context.num_replicas_in_sync
+        mean, mean_square = tf.split(sums / tf.cast(count, sums.dtype), 2)
+        return mean, tf.maximum(mean_square - tf.square(mean), 0.0)
 
 
 @keras.saving.register_keras_serializable(package="effdet")
