@@ -78,7 +78,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from effdet.tasks.train import train
 
     train(Path(args.experiment_spec), Path(args.model_dir), key, gpus=args.gpus,
-          gpu_index=args.gpu_index)
+          gpu_index=args.gpu_index, sync_bn=args.sync_bn)
     return 0
 
 
@@ -226,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-d", "--model_dir", required=True, help="folder for checkpoints and logs")
     _add_key(train, "to encrypt the checkpoints")
     train.add_argument("--gpus", type=_positive_int, default=1, help="number of GPUs (default 1)")
+    train.add_argument("--sync_bn", action="store_true",
+                       help="batch norm with the statistics of all replicas' images (default: "
+                            "each replica its own, as TAO)")
     _add_runtime(train)
     train.set_defaults(run=_run_train)
 

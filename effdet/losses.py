@@ -43,14 +43,19 @@ def detection_loss(class_outputs: Sequence[tf.Tensor], box_outputs: Sequence[tf.
                    labels: Mapping[str, tf.Tensor], levels: Sequence[int], num_classes: int, *,
                    alpha: float = ALPHA, gamma: float = GAMMA, delta: float = HUBER_DELTA,
                    box_loss_weight: float = BOX_LOSS_WEIGHT,
-                   label_smoothing: float = 0.0) -> dict[str, tf.Tensor]:
+                   label_smoothing: float = 0.0,
+                   num_positives: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     """Batch loss from the network outputs and batched `anchors.assign_targets` labels.
 
     Focal loss is divided by (positives in the batch + 1); the box loss, counted on positive
-    anchors only, by 4 x that same normaliser. Returns float32 scalars "total_loss",
-    "cls_loss", "box_loss" (total = cls + box_loss_weight * box).
+    anchors only, by 4 x that same normaliser. `num_positives` replaces the batch's count: a
+    replica passes the global batch's, so the replicas' losses add up to the global batch's.
+    Returns float32 scalars "total_loss", "cls_loss", "box_loss" (total = cls +
+    box_loss_weight * box).
     """
-    normalizer = tf.reduce_sum(tf.cast(labels["num_positives"], tf.float32)) + 1.0
+    if num_positives is None:
+        num_positives = tf.reduce_sum(tf.cast(labels["num_positives"], tf.float32))
+    normalizer = num_positives + 1.0
     cls_sum = tf.constant(0.0)
     box_sum = tf.constant(0.0)
     for level, cls_out, box_out in zip(levels, class_outputs, box_outputs):

@@ -22,7 +22,12 @@ from effdet.data.convert import dataset_convert
 from effdet.data.synthetic import make_dataset
 from effdet.errors import EffdetError
 from effdet.formats.tlt import read_tlt
-from effdet.model.saving import WEIGHTS, members_to_arrays
+from effdet.losses import detection_loss
+from effdet.model.layers import BN_EPSILON, BN_MOMENTUM, LayerFactory, SyncBatchNormalization
+from effdet.model.saving import EMA, OPTIMIZER, WEIGHTS, members_to_arrays
+from effdet.model.variants import get_variant
+from effdet.spec import load_spec
+from effdet.tasks.train import Trainer
 from effdet.training.strategy import (
     average_across_replicas, batch_norm_statistics, is_chief, make_strategy,
 )
@@ -30,7 +35,7 @@ from tests.spec_support import complete
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "distributed-test-Key-3"
-TIMEOUT = 300
+TIMEOUT = 600  # per worker; a busy 2-core machine needs minutes for the first steps
 
 # One training worker: the real Trainer (what `train()` runs), then a per-variable digest of
 # the model weights, EMA shadows and optimizer state it ends with.
@@ -46,7 +51,7 @@ logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %
 spec, model_dir, key, out = sys.argv[1:5]
 variant = get_variant("efficientdet-d0").replace(**json.loads(sys.argv[5]))
 trainer = Trainer(load_spec(Path(spec)), Path(model_dir), key, gpus=1, gpu_index=None,
-                  variant=variant)
+                  variant=variant, **json.loads(sys.argv[6]))
 result = trainer.run()
 
 def digest(value):
@@ -83,32 +88,26 @@ def worker_env(tf_config: dict) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("distributed")
-    data = make_dataset(root / "raw", num_images=8, width=160, height=120, seed=5,
-                        val_fraction=0.0)
-    dataset_convert(data.image_dir, data.train_json, root / "tfrecords", tag="train",
-                    num_shards=2, workers=1)
-    (root / "spec.txt").write_text(complete(f"""
+def write_spec(path: Path, tfrecords: Path, batch: int, examples: int = 8,
+               training: str = "learning_rate: 0.01 lr_warmup_init: 0.001 "
+                               "moving_average_decay: 0.9998 l2_weight_decay: 0.00004 "
+                               "clip_gradients_norm: 10") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(complete(f"""
 training_config {{
-  train_batch_size: 2
+  train_batch_size: {batch}
   iterations_per_loop: 2
   checkpoint_period: 1
-  num_examples_per_epoch: 8
+  num_examples_per_epoch: {examples}
   num_epochs: 2
   logging_frequency: 1
-  learning_rate: 0.01
-  lr_warmup_init: 0.001
   lr_warmup_epoch: 1
-  moving_average_decay: 0.9998
-  l2_weight_decay: 0.00004
-  clip_gradients_norm: 10
+  {training}
 }}
 dataset_config {{
   num_classes: 5
   image_size: "128,128"
-  training_file_pattern: "{root / 'tfrecords'}/train-*"
+  training_file_pattern: "{tfrecords}/train-*"
 }}
 eval_config {{
   eval_epoch_cycle: 2
@@ -118,10 +117,23 @@ augmentation_config {{
   rand_hflip: true
 }}
 """))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("distributed")
+    data = make_dataset(root / "raw", num_images=8, width=160, height=120, seed=5,
+                        val_fraction=0.0)
+    dataset_convert(data.image_dir, data.train_json, root / "tfrecords", tag="train",
+                    num_shards=2, workers=1)
+    write_spec(root / "spec.txt", root / "tfrecords", batch=2)
     return root
 
 
-def run_workers(root: Path, count: int) -> list[dict]:
+def run_workers(root: Path, count: int, options: dict | None = None) -> list[dict]:
+    """`count` workers training root/spec.txt into root/model<i>; `options` are further
+    Trainer arguments."""
     ports = free_ports(count)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     procs, logs = [], []
@@ -131,7 +143,7 @@ def run_workers(root: Path, count: int) -> list[dict]:
             logs.append(log)
             args = [sys.executable, "-c", WORKER, str(root / "spec.txt"),
                     str(root / f"model{index}"), KEY, str(root / f"out{index}.json"),
-                    json.dumps(TINY)]
+                    json.dumps(TINY), json.dumps(options or {})]
             env = worker_env({"cluster": cluster, "task": {"type": "worker", "index": index}})
             procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=log,
                                           stderr=subprocess.STDOUT))
@@ -179,6 +191,53 @@ def test_two_workers_end_identical_and_only_the_chief_writes(workspace):
     for path, array in saved.items():
         digest = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
         assert digest == other["weights"][path], path
+
+
+# Every term that could tell two replicas from one big batch: a clipping threshold far below
+# the gradient norm (with a learning rate that makes the clipped steps visible), weight decay
+# of both kinds and a fast EMA.
+ONE_BATCH = ("clip_gradients_norm: 0.01 learning_rate: 0.5 lr_warmup_init: 0.5 "
+             "moving_average_decay: 0.9 l2_weight_decay: 0.001 l1_weight_decay: 0.0001")
+SYNC_BN = {"sync_bn": True}
+
+
+def checkpoint_arrays(path: Path) -> dict[str, np.ndarray]:
+    members = read_tlt(path, KEY).members
+    return {f"{group}/{name}": array for group in (WEIGHTS, EMA, OPTIMIZER)
+            for name, array in members_to_arrays(group, members).items()}
+
+
+def test_two_workers_train_like_one_process_on_the_concatenated_batch(workspace):
+    root = workspace / "one-batch"
+    # As TAO, an epoch is num_examples_per_epoch / the per-worker batch steps: 4 / 2 here and
+    # 8 / 4 for the single process, so both take 2 steps an epoch on the same images.
+    write_spec(root / "spec.txt", workspace / "tfrecords", batch=2, examples=4,
+               training=ONE_BATCH)
+    chief, other = run_workers(root, 2, SYNC_BN)
+    assert chief["step"] == other["step"] == 4
+    # Synchronised layers' moving statistics are not averaged: they agree by themselves.
+    assert chief["weights"] == other["weights"] and chief["ema"] == other["ema"]
+
+    spec = write_spec(root / "single.txt", workspace / "tfrecords", batch=4, training=ONE_BATCH)
+    single = Trainer(load_spec(spec), root / "single", KEY, gpus=1, gpu_index=None,
+                     variant=get_variant("efficientdet-d0").replace(**TINY), **SYNC_BN)
+    assert single.run().step == 4
+
+    # The threshold binds: the concatenated batch's gradient is far longer than it.
+    images, labels = next(iter(single.dataset(0)))
+    with tf.GradientTape() as tape:
+        class_out, box_out = single.model(images, training=True)
+        loss = detection_loss(class_out, box_out, labels, [3, 4, 5, 6, 7], 4)["total_loss"]
+    gradients = tape.gradient(loss, single.model.trainable_variables)
+    assert float(tf.linalg.global_norm(gradients)) > 100 * single.training.clip_gradients_norm
+
+    two = checkpoint_arrays(root / "model0" / "model.epoch-2.tlt")
+    one = checkpoint_arrays(root / "single" / "model.epoch-2.tlt")
+    assert set(two) == set(one)
+    assert any(name.startswith(f"{EMA}/") for name in one)
+    assert any(name.endswith("moving_variance") for name in one)
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 # --------------------------------------------------------------- selection, in-process
@@ -289,3 +348,17 @@ def test_batch_norm_statistics_skip_frozen_layers_and_averaging_is_a_single_repl
     tf.function(lambda: tf.distribute.get_strategy().run(
         lambda: average_across_replicas(stats)))()
     np.testing.assert_array_equal(stats[0].numpy(), [1.0, 2.0, 3.0])
+
+
+def test_sync_batch_norm_with_one_replica_normalises_like_the_plain_layer():
+    x = np.random.default_rng(0).normal(3.0, 2.0, (4, 5, 5, 3)).astype("float32")
+    plain = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+    synced = LayerFactory(sync_bn=True).bn("synced")
+    assert isinstance(synced, SyncBatchNormalization) and synced.synchronized
+    outputs = [np.asarray(layer(x, training=True)) for layer in (plain, synced)]
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(synced.weights, plain.weights):
+        assert a.path.split("/")[-1] == b.path.split("/")[-1]
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    # Its moving statistics come from the global batch already: nothing to average.
+    assert not batch_norm_statistics(keras.Sequential([keras.Input((5, 5, 3)), synced]))

@@ -32,7 +32,8 @@ def num_anchors_per_location(model_config: ModelConfig) -> int:
 def build_efficientdet(model_config: ModelConfig, num_classes: int, image_size: tuple[int, int],
                        *, variant: Variant | None = None,
                        widths: Mapping[str, int] | None = None,
-                       factory: LayerFactory | None = None) -> keras.Model:
+                       factory: LayerFactory | None = None,
+                       sync_bn: bool = False) -> keras.Model:
     """Build the training/inference network (no pre- or post-processing).
 
     Input "image": float [B, H, W, 3], already normalised. Outputs `[class_outputs, box_outputs]`,
@@ -41,6 +42,7 @@ def build_efficientdet(model_config: ModelConfig, num_classes: int, image_size: 
     `variant` overrides the table entry for `model_config.model_name` (tiny test networks);
     `widths` maps layer names to output channels (pruned models); a caller that needs to know
     which layers' widths are free passes its own `factory` (built with those widths) instead.
+    `sync_bn` makes batch norm use the statistics of all replicas' images in training.
     """
     variant = variant or get_variant(model_config.model_name)
     min_level, max_level = model_config.min_level, model_config.max_level
@@ -59,7 +61,7 @@ def build_efficientdet(model_config: ModelConfig, num_classes: int, image_size: 
         raise EffdetError(f"freeze_blocks ids must be 0..{NUM_FREEZABLE_BLOCKS - 1} "
                           f"(0 = stem, 1..7 = EfficientNet stages, 8 = top), got {bad_blocks}")
 
-    f = factory or LayerFactory(widths, freeze_bn=model_config.freeze_bn)
+    f = factory or LayerFactory(widths, freeze_bn=model_config.freeze_bn, sync_bn=sync_bn)
     images = keras.Input(shape=(height, width, 3), name="image")
     features = efficientnet_features(images, variant.width_coefficient,
                                      variant.depth_coefficient, variant.survival_prob, f)

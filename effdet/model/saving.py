@@ -42,9 +42,10 @@ class Architecture:
     def head_classes(self) -> int:
         return self.num_classes - 1
 
-    def build(self) -> keras.Model:
+    def build(self, sync_bn: bool = False) -> keras.Model:
+        """`sync_bn` only changes training (see `build_efficientdet`), so it is not recorded."""
         return build_efficientdet(self.model_config, self.head_classes, self.image_size,
-                                  variant=self.variant, widths=self.widths)
+                                  variant=self.variant, widths=self.widths, sync_bn=sync_bn)
 
     def to_manifest(self) -> dict[str, Any]:
         return {

@@ -42,7 +42,8 @@ from effdet.training.regularization import decayed_kernels, weight_decay
 from effdet.training.reporting import TrainingLog
 from effdet.training.schedule import WarmupCosine
 from effdet.training.strategy import (
-    average_across_replicas, batch_norm_statistics, is_chief, make_strategy,
+    SummedGradientSGD, average_across_replicas, batch_norm_statistics, is_chief, make_strategy,
+    sum_across_replicas,
 )
 
 log = logging.getLogger("effdet")
@@ -97,20 +98,23 @@ class TrainResult:
 
 
 def train(experiment_spec: Path, model_dir: Path, key: str, *, gpus: int = 1,
-          gpu_index: int | None = None, variant: Variant | None = None) -> TrainResult:
+          gpu_index: int | None = None, variant: Variant | None = None,
+          sync_bn: bool = False) -> TrainResult:
     """Train (or continue training) the experiment in `experiment_spec` into `model_dir`.
 
-    `variant` overrides the architecture table entry (tests use tiny networks).
+    `variant` overrides the architecture table entry (tests use tiny networks); `sync_bn`
+    normalises with the global batch's statistics when there are several replicas.
     """
     config = load_spec(experiment_spec)
     return Trainer(config, Path(model_dir), key, gpus=gpus, gpu_index=gpu_index,
-                   variant=variant).run()
+                   variant=variant, sync_bn=sync_bn).run()
 
 
 class Trainer:
     def __init__(self, config: ExperimentConfig, model_dir: Path, key: str, *, gpus: int,
-                 gpu_index: int | None, variant: Variant | None):
+                 gpu_index: int | None, variant: Variant | None, sync_bn: bool = False):
         self.config = config
+        self.sync_bn = sync_bn
         self.training = config.training_config
         self.model_dir = model_dir
         self.key = key
@@ -148,10 +152,10 @@ class Trainer:
             gpu = bool(tf.config.list_logical_devices("GPU"))
             keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
         with self.strategy.scope():
-            self.model = architecture.build()
+            self.model = architecture.build(sync_bn=self.sync_bn)
             schedule = WarmupCosine(self.training.learning_rate, self.training.lr_warmup_init,
                                     self.steps.warmup, self.steps.total)
-            optimizer = keras.optimizers.SGD(
+            optimizer = SummedGradientSGD(
                 learning_rate=schedule, momentum=self.training.momentum,
                 global_clipnorm=self.training.clip_gradients_norm or None)
             if keras.mixed_precision.global_policy().name == "mixed_float16":
@@ -233,16 +237,22 @@ class Trainer:
         scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
 
         def step_fn(images, labels):
+            """One replica's step on its share of the global batch. Its losses are its shares
+            of the global batch's (normalised by the global positives, 1/replicas of the
+            weight decay), so they and their gradients sum over replicas to the global
+            batch's; the optimizer clips that sum."""
+            positives, = sum_across_replicas(
+                [tf.reduce_sum(tf.cast(labels["num_positives"], tf.float32))])
             with tf.GradientTape() as tape:
                 class_out, box_out = self.model(images, training=True)
-                losses = detection_loss(class_out, box_out, labels, levels, head_classes)
+                losses = detection_loss(class_out, box_out, labels, levels, head_classes,
+                                        num_positives=positives)
                 decay = weight_decay(self.kernels, l2, l1) if (l2 or l1) else tf.constant(0.0)
+                decay = decay / self.replicas
                 total = losses["total_loss"] + decay
-                loss = total / self.replicas
-                if scaled:
-                    loss = self.optimizer.scale_loss(loss)
+                loss = self.optimizer.scale_loss(total) if scaled else total
             variables = self.model.trainable_variables
-            gradients = tape.gradient(loss, variables)
+            gradients = sum_across_replicas(tape.gradient(loss, variables))
             self.optimizer.apply(gradients, variables)
             average_across_replicas(batch_norm_statistics(self.model))
             if self.ema is not None:
@@ -263,7 +273,7 @@ class Trainer:
             result = {name: tf.constant(0.0) for name in names}
             for _ in tf.range(count):
                 per_replica = self.strategy.run(step_fn, args=next(iterator))
-                result = {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+                result = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                           for k, v in per_replica.items()}
             return result
 

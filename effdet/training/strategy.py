@@ -97,11 +97,37 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def batch_norm_statistics(model: keras.Model) -> list[keras.Variable]:
-    """The moving mean/variance of every BatchNormalization layer that trains (frozen ones
-    run in inference mode and never change)."""
+    """The moving mean/variance that each replica updates from its own batch: those of every
+    BatchNormalization layer that trains (frozen ones run in inference mode and never change)
+    and is not synchronised (those see the same global statistics on every replica)."""
     return [weight for layer in model._flatten_layers(include_self=False)
             if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+            and not layer.synchronized
             for weight in (layer.moving_mean, layer.moving_variance)]
+
+
+def sum_across_replicas(tensors: list[tf.Tensor | None]) -> list[tf.Tensor | None]:
+    """Inside `strategy.run`: each tensor summed over all replicas (None stays None), in one
+    batched all-reduce; the tensors themselves with a single replica."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return list(tensors)
+    summed = iter(context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                     [t for t in tensors if t is not None]))
+    return [None if t is None else next(summed) for t in tensors]
+
+
+class SummedGradientSGD(keras.optimizers.SGD):
+    """SGD for gradients the caller has already summed over replicas.
+
+    Keras sums the replicas' gradients only after clipping them, so each replica's share is
+    clipped on its own and N replicas allow about N x `global_clipnorm`. Summing first (see
+    `sum_across_replicas`) and skipping Keras's own all-reduce clips the gradient of the
+    global batch, as TAO (Horovod averages in compute_gradients, then clip_by_global_norm).
+    """
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return grads_and_vars
 
 
 def average_across_replicas(variables: list[keras.Variable]) -> None:
