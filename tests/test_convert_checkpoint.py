@@ -90,7 +90,7 @@ def spec(root: Path, data, num_classes: int, training: str = "") -> Path:
           validation_file_pattern: "{root}/val/val-*"
           validation_json_file: "{data.val_json}"
         }}
-        eval_config {{ eval_batch_size: 1 eval_samples: 2 eval_after_training: false }}
+        eval_config {{ eval_batch_size: 1 eval_samples: 2 eval_epoch_cycle: 1 eval_after_training: false }}
         """))
     return path
 

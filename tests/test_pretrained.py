@@ -17,6 +17,7 @@ import tensorflow as tf
 from effdet.errors import EffdetError
 from effdet.model.efficientdet import build_efficientdet
 from effdet.model.pretrained import detect_format, load_pretrained
+from effdet.model.tao_names import tao_layer_names
 from effdet.model.variants import get_variant
 from effdet.spec.config import ModelConfig
 
@@ -280,6 +281,19 @@ def test_head_shape_mismatch_is_one_error_with_the_regex(tmp_path):
                                     skip=re.compile(pattern))
         assert set(report.skipped) >= {"class_net_predict/bias", "class_net_predict/pointwise_kernel"}
         assert not report.missing
+    # TAO's Keras layer names (cv/efficientdet/models/efficientdet_arch.py, utils_keras.py).
+    tao = tao_layer_names(model, 3, 7)
+    assert {name: tao[name] for name in (
+        "resample_p6_conv", "resample_p6_bn", "fpn_cell0_node3_input0_conv",
+        "fpn_cell0_node3_input0_bn", "fpn_cell2_node4_fusion", "fpn_cell2_node4_conv",
+        "fpn_cell2_node4_bn", "class_net_conv1", "class_net_conv1_bn_p4", "box_net_predict")} == {
+        "resample_p6_conv": "p6", "resample_p6_bn": "p6_bn",
+        "fpn_cell0_node3_input0_conv": "bifpn0_0_8_0", "fpn_cell0_node3_input0_bn": "bifpn0_0_8_0_bn",
+        "fpn_cell2_node4_fusion": "weighted_fusion_4_2",
+        "fpn_cell2_node4_conv": "after_combine_dw_conv_4_2", "fpn_cell2_node4_bn": "bifpn_bn_4_2",
+        "class_net_conv1": "class-1", "class_net_conv1_bn_p4": "class-1-bn-4",
+        "box_net_predict": "box-predict"}
+    assert "block1a_dwconv" not in tao  # the backbone's names are TAO's already
 
 
 def test_wrong_backbone_and_unknown_files_are_one_line_errors(tmp_path):

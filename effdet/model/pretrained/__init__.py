@@ -13,6 +13,8 @@ from effdet.model.pretrained.automl import automl_names, checkpoint_prefix, read
 from effdet.model.pretrained.detect import HDF5, KERAS, TF_CHECKPOINT, detect_format
 from effdet.model.pretrained.keras_h5 import keras_transfer
 from effdet.model.pretrained.transfer import Transfer, TransferReport, apply_transfer
+from effdet.model.saving import EMA, WEIGHTS, members_to_arrays
+from effdet.model.tao_names import tao_layer_names
 from effdet.model.variants import Variant
 from effdet.spec.config import ModelConfig
 
@@ -32,15 +34,21 @@ def _automl_names(model: keras.Model, model_config: ModelConfig, variant: Varian
 
 
 def tao_aliases(model: keras.Model, model_config: ModelConfig,
-                variant: Variant) -> dict[str, str]:
-    """Our variable path -> TAO's (automl's TF1) name of it, e.g. `class_net/class-predict/…`."""
-    return {target.path: name if target.index is None else name.rsplit("/", 1)[0]
-            for name, target in _automl_names(model, model_config, variant).items()}
+                variant: Variant) -> dict[str, tuple[str, ...]]:
+    """Our variable path -> its names in TAO's Keras model (`class-predict/bias`) and in
+    automl's/TAO's TF1 checkpoints (`class_net/class-predict/bias`)."""
+    layers = tao_layer_names(model, model_config.min_level, model_config.max_level)
+    automl = {target.path: name if target.index is None else name.rsplit("/", 1)[0]
+              for name, target in _automl_names(model, model_config, variant).items()}
+    aliases = {}
+    for variable in model.weights:
+        layer, leaf = variable.path.rsplit("/", 1)
+        names = (f"{layers[layer]}/{leaf}",) if layer in layers else ()
+        aliases[variable.path] = names + ((automl[variable.path],) if variable.path in automl else ())
+    return aliases
 
 
 def _tlt_transfer(path: Path, key: str) -> Transfer:
-    from effdet.model.saving import EMA, WEIGHTS, members_to_arrays
-
     contents = read_tlt(path, key)
     group = EMA if any(m.startswith(f"{EMA}/") for m in contents.members) else WEIGHTS
     return Transfer(members_to_arrays(group, contents.members))

@@ -41,14 +41,14 @@ def _layer(path: str) -> str:
 
 def apply_transfer(variables: Iterable[Any], transfer: Transfer, source: str, *,
                    skip: re.Pattern[str] | None = None,
-                   aliases: Mapping[str, str] | None = None) -> TransferReport:
+                   aliases: Mapping[str, tuple[str, ...]] | None = None) -> TransferReport:
     """Assign `transfer` onto `variables`; `skip` is searched in each variable's path and in its
-    alias (the TAO/automl name of the same variable), so either naming works."""
+    aliases (TAO's and automl's names of the same variable), so any of those namings works."""
     aliases = aliases or {}
     loaded, skipped, missing, mismatched = [], [], [], []
     for variable in variables:
         path = variable.path
-        names = (path, aliases.get(path, ""), transfer.source_names.get(path, ""))
+        names = (path, *aliases.get(path, ()), transfer.source_names.get(path, ""))
         if skip is not None and any(name and skip.search(name) for name in names):
             skipped.append(path)
             continue
