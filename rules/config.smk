@@ -59,13 +59,13 @@ def check_experiment_files(name, experiment):
             config_error(key, f"{kind} '{path}' does not exist")
     # Training's start weights are the rule's `pretrained` input: the spec may name no other.
     try:
-        checkpoint = load_spec(experiment["spec"]).training_config.checkpoint
+        start = load_spec(experiment["spec"]).training_config.checkpoint
     except EffdetError as exc:
         config_error(f"{where}.spec", str(exc))
-    if checkpoint != experiment.get("pretrained", ""):
+    if start != experiment.get("pretrained", ""):
         config_error(f"{where}.pretrained",
                      f"must be the spec's training_config.checkpoint ({experiment['spec']}: "
-                     f"{checkpoint or 'none'!r}, pretrained: "
+                     f"{start or 'none'!r}, pretrained: "
                      f"{experiment.get('pretrained') or 'none'!r})")
     # The retrain spec must start from this experiment's pruned model (TAO's retrain spec sets
     # both fields); the rule's input is that model, so anything else would be a hidden input.

@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import h5py
 import keras
@@ -48,7 +49,7 @@ def stage_ends(depth: float) -> list[str]:
     return names
 
 
-def ours(model_name: str, num_classes: int = 3, **changes) -> tuple[keras.Model, ModelConfig, object]:
+def ours(model_name: str, num_classes: int = 3, **changes) -> tuple[keras.Model, ModelConfig, Any]:
     config = ModelConfig(model_name=model_name)
     variant = get_variant(model_name).replace(**changes)
     return build_efficientdet(config, num_classes, SIZE, variant=variant), config, variant
@@ -89,7 +90,8 @@ class BackboneCheck:
         reference = keras.Model(app.input, [app.get_layer("stem_conv_pad").input]
                                 + [app.get_layer(n).output for n in ends])
         self.normalised, *self.expected = reference(images)
-        self.features = keras.Model(self.model.input, [self.model.get_layer(n).output for n in ends])
+        self.features = keras.Model(self.model.input,
+                                    [self.model.get_layer(n).output for n in ends])
         self.backbone = sum(len(layer.weights) for layer in self.model.layers
                             if layer.name.startswith(("stem", "block")))
 
@@ -209,7 +211,8 @@ def check_every_variable_lands(model: keras.Model, values: dict[str, np.ndarray]
     for name, value in values.items():
         if re.search(r"/WSM(_\d)?$", name):
             continue
-        hits = [p for p, w in weights.items() if w.shape == value.shape and np.array_equal(w, value)]
+        hits = [p for p, w in weights.items()
+                if w.shape == value.shape and np.array_equal(w, value)]
         assert len(hits) == 1, (name, hits)
         owner[hits[0]] = name
     wsm = {n for n in values if re.search(r"/WSM(_\d)?$", n)}
@@ -279,7 +282,8 @@ def test_head_shape_mismatch_is_one_error_with_the_regex(tmp_path):
     for pattern in ("class_net_predict", "class-predict", "-predict"):
         _, report = load_pretrained(tmp_path / "ckpt", model, config, variant, key="unused",
                                     skip=re.compile(pattern))
-        assert set(report.skipped) >= {"class_net_predict/bias", "class_net_predict/pointwise_kernel"}
+        assert set(report.skipped) >= {"class_net_predict/bias",
+                                       "class_net_predict/pointwise_kernel"}
         assert not report.missing
     # TAO's Keras layer names (cv/efficientdet/models/efficientdet_arch.py, utils_keras.py).
     tao = tao_layer_names(model, 3, 7)
@@ -288,7 +292,8 @@ def test_head_shape_mismatch_is_one_error_with_the_regex(tmp_path):
         "fpn_cell0_node3_input0_bn", "fpn_cell2_node4_fusion", "fpn_cell2_node4_conv",
         "fpn_cell2_node4_bn", "class_net_conv1", "class_net_conv1_bn_p4", "box_net_predict")} == {
         "resample_p6_conv": "p6", "resample_p6_bn": "p6_bn",
-        "fpn_cell0_node3_input0_conv": "bifpn0_0_8_0", "fpn_cell0_node3_input0_bn": "bifpn0_0_8_0_bn",
+        "fpn_cell0_node3_input0_conv": "bifpn0_0_8_0",
+        "fpn_cell0_node3_input0_bn": "bifpn0_0_8_0_bn",
         "fpn_cell2_node4_fusion": "weighted_fusion_4_2",
         "fpn_cell2_node4_conv": "after_combine_dw_conv_4_2", "fpn_cell2_node4_bn": "bifpn_bn_4_2",
         "class_net_conv1": "class-1", "class_net_conv1_bn_p4": "class-1-bn-4",

@@ -44,7 +44,9 @@ def tao_aliases(model: keras.Model, model_config: ModelConfig,
     for variable in model.weights:
         layer, leaf = variable.path.rsplit("/", 1)
         names = (f"{layers[layer]}/{leaf}",) if layer in layers else ()
-        aliases[variable.path] = names + ((automl[variable.path],) if variable.path in automl else ())
+        if variable.path in automl:
+            names += (automl[variable.path],)
+        aliases[variable.path] = names
     return aliases
 
 
