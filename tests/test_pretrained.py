@@ -307,6 +307,10 @@ def test_wrong_backbone_and_unknown_files_are_one_line_errors(tmp_path):
     with pytest.raises(EffdetError, match="backbone is efficientnet-b3 but the model's is "
                                           "efficientnet-b0"):
         load_pretrained(tmp_path / "ckpt", model, config, variant, key="unused")
+    write_checkpoint(tmp_path / "keras-object-graph", {
+        "model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE": np.zeros(3, np.float32)})
+    with pytest.raises(EffdetError, match="none of its variables has an automl"):
+        load_pretrained(tmp_path / "keras-object-graph", model, config, variant, key="unused")
     (tmp_path / "junk.h5").write_bytes(b"\x89HDF\r\n\x1a\nnot really")
     with pytest.raises(EffdetError, match="junk.h5"):
         load_pretrained(tmp_path / "junk.h5", model, config, variant, key="unused")

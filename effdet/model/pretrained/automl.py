@@ -4,8 +4,8 @@ automl names its variables by layer scope (read from automl's source, nothing of
 imported): `backbone/efficientnet_model.py` for `efficientnet-bN/stem`, `blocks_k` (k counts
 blocks over all stages) with `conv2d[_1]`, `depthwise_conv2d`, `tpu_batch_normalization[_1|_2]`
 and `se/conv2d[_1]`; `efficientdet_arch.py` (TF1) and `tf2/efficientdet_keras.py` (TF2) for
-`resample_pN/{conv2d,bn}`, `fpn_cells/cell_c/fnode_n/{resample_i_offset_len/..., WSM[_i],
-op_after_combine<len>/{conv,bn}}` and `class_net|box_net/{class-i, class-i-bn-level,
+`resample_p{N}/{conv2d,bn}`, `fpn_cells/cell_{c}/fnode{n}/{resample_{i}_{offset}_{len}/…,
+WSM[_i], op_after_combine{len}/{conv,bn}}` and `class_net|box_net/{class-i, class-i-bn-level,
 class-predict}`. Both schemes give the same names (the TF2 code loads TF1 checkpoints by
 them); TF1 training checkpoints add `…/ExponentialMovingAverage` shadows, optimizer slots and
 `global_step`, which is why the shadow is preferred when present.
@@ -144,5 +144,9 @@ def read_automl(prefix: str, names: dict[str, Target], model: keras.Model) -> Tr
         else:
             fused = arrays.setdefault(target.path, np.zeros(shapes[target.path], np.float32))
             fused[target.index] = value
+    if not arrays:
+        # e.g. a Keras object-graph checkpoint (`…/.ATTRIBUTES/VARIABLE_VALUE` keys).
+        raise EffdetError(f"{prefix}: none of its variables has an automl EfficientDet name "
+                          f"(found e.g. {sorted(available)[:2]})")
     unused = sorted(set(available) - used)
     return Transfer(arrays, sources, unused)
