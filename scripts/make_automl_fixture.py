@@ -135,10 +135,12 @@ def variables(model_name):
 def main(names):
     for name in names:
         path = Path(__file__).resolve().parents[1] / "tests" / "data" / f"automl_{name}_variables.json"
-        path.write_text(json.dumps({"source": __doc__.split("\n\n")[1].replace("\n", " "),
-                                    "model_name": name, "num_classes": NUM_CLASSES,
-                                    "variables": variables(name)}, indent=0) + "\n")
-        print(path, len(variables(name)))
+        found = variables(name)
+        head = json.dumps({"source": __doc__.split("\n\n")[1].replace("\n", " "),
+                           "model_name": name, "num_classes": NUM_CLASSES})
+        rows = ",\n".join(json.dumps(row) for row in found)  # one variable a line
+        path.write_text(f'{head[:-1]},\n"variables": [\n{rows}\n]}}\n')
+        print(path, len(found))
 
 
 if __name__ == "__main__":
