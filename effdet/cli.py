@@ -112,6 +112,16 @@ def _run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_convert_checkpoint(args: argparse.Namespace) -> int:
+    key = resolve_key(args.key)
+    from effdet.tasks.convert_checkpoint import convert_checkpoint, parse_image_size
+
+    convert_checkpoint(Path(args.input), Path(args.output), key, args.model_name,
+                       args.num_classes, parse_image_size(args.image_size)
+                       if args.image_size else None)
+    return 0
+
+
 def _model_key(args: argparse.Namespace) -> str | None:
     """The key, optional for plain .onnx and .engine files; a given one is still checked
     (and registered as a secret) before anything else."""
@@ -263,6 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="layers never pruned (default none)")
     _add_runtime(prune)
     prune.set_defaults(run=_run_prune)
+
+    convert_ckpt = tasks.add_parser(
+        "convert_checkpoint", aliases=["convert-checkpoint"],
+        help="public weights (automl, keras.applications, TAO NGC) → .tlt",
+        description="Convert a google/automl EfficientDet checkpoint, a keras.applications "
+        "or TAO NGC EfficientNet backbone, or a .tlt into a .tlt for the other tasks.")
+    convert_ckpt.add_argument("-i", "--input", required=True,
+                              help="checkpoint prefix/folder, .h5/.hdf5/.weights.h5/.keras or .tlt")
+    convert_ckpt.add_argument("-o", "--output", required=True, help="the .tlt to write")
+    _add_key(convert_ckpt, "to encrypt the .tlt (and decrypt a .tlt input)")
+    convert_ckpt.add_argument("--model_name", required=True, help="efficientdet-d0 … d7x")
+    convert_ckpt.add_argument("--num_classes", type=_positive_int, required=True,
+                              help="classes + 1 as in the spec (91 for automl's COCO)")
+    convert_ckpt.add_argument("--image_size", default=None,
+                              help="H,W (default: the variant's, e.g. 512,512 for d0)")
+    _add_logging(convert_ckpt)
+    convert_ckpt.set_defaults(run=_run_convert_checkpoint)
 
     inference = tasks.add_parser("inference", help="detect objects in a folder of images",
                                  description="Draw detections and write KITTI labels.")

@@ -28,6 +28,12 @@ def spec(wildcards):
     return EXPERIMENTS[wildcards.exp]["spec"]
 
 
+def pretrained(wildcards):
+    """The experiment's `pretrained:` weights (the spec's checkpoint), an input of `train`."""
+    weights = EXPERIMENTS[wildcards.exp].get("pretrained")
+    return [weights] if weights else []
+
+
 def retrain_spec(wildcards):
     return EXPERIMENTS[wildcards.exp]["retrain_spec"]
 

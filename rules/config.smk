@@ -75,10 +75,22 @@ def check_experiment_files(name, experiment):
         paths += [(f"{where}.dataset.coco.image_dir", coco["image_dir"], "directory"),
                   (f"{where}.dataset.coco.train", coco["train"], "file"),
                   (f"{where}.dataset.coco.val", coco["val"], "file")]
+    if "pretrained" in experiment and not Path(experiment["pretrained"]).exists():
+        config_error(f"{where}.pretrained", f"'{experiment['pretrained']}' does not exist")
     for key, path, kind in paths:
         exists = Path(path).is_dir() if kind == "directory" else Path(path).is_file()
         if not exists:
             config_error(key, f"{kind} '{path}' does not exist")
+    # Training's start weights are the rule's `pretrained` input: the spec may name no other.
+    try:
+        start = load_spec(experiment["spec"]).training_config.checkpoint
+    except EffdetError as exc:
+        config_error(f"{where}.spec", str(exc))
+    if start != experiment.get("pretrained", ""):
+        config_error(f"{where}.pretrained",
+                     f"must be the spec's training_config.checkpoint ({experiment['spec']}: "
+                     f"{start or 'none'!r}, pretrained: "
+                     f"{experiment.get('pretrained') or 'none'!r})")
     # The retrain spec must start from this experiment's pruned model (TAO's retrain spec sets
     # both fields); the rule's input is that model, so anything else would be a hidden input.
     pruned = f"results/{name}/prune/model.tlt"

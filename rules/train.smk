@@ -6,6 +6,7 @@
 rule train:
     input:
         spec=spec,
+        pretrained=pretrained,
         train="results/{exp}/tfrecords/train",
         val="results/{exp}/tfrecords/val",
         annotations=val_annotations,

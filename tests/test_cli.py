@@ -32,6 +32,8 @@ SEED_FLAGS = {
     "gen_trt_engine": ["-m", "--model_path", "-k", "--key", "--engine_file", "--data_type",
                        "--cal_image_dir", "--cal_cache_file", "--batch_size", "--batches",
                        "--max_batch_size", "--max_workspace_size"],
+    "convert_checkpoint": ["-i", "--input", "-o", "--output", "-k", "--key", "--model_name",
+                           "--num_classes", "--image_size", "--log_file"],
 }
 
 

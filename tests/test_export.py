@@ -296,3 +296,22 @@ def test_cli_export_with_onnx_runtime_engine(exported, tmp_path):
     assert again.returncode == 1
     assert again.stderr.strip().splitlines()[-1].endswith(
         "already exists (pass --force to overwrite)")
+
+
+def test_nearest_upsampling_follows_automl_at_odd_sizes():
+    # A 160 px side gives P7 2 -> P6 3 and P6 3 -> P5 5: not 2x multiples. automl/TAO take
+    # source pixel floor(dst * in / out) (resize_nearest_neighbor, no half-pixel centres).
+    from effdet.model.layers import NearestResize
+
+    features = np.random.default_rng(0).standard_normal((2, 3, 2, 4)).astype(np.float32)
+    layer = NearestResize(5, 3)
+    expected = features[:, [d * 3 // 5 for d in range(5)]][:, :, [d * 2 // 3 for d in range(3)]]
+    np.testing.assert_array_equal(layer(features), expected)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 3, 2, 4), tf.float32, "image")])
+    def resize(images):
+        return {"resized": layer(images)}
+
+    session = ort.InferenceSession(onnx_graph.to_onnx(resize, ("resized",)).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"image": features})[0], expected)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.workflow_support import copy_workflow, snakemake
+from tests.workflow_support import copy_workflow, run, snakemake
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,13 @@ BAD_CONFIGS = {
         lambda c: mini_experiment(c),  # demo_retrain.txt starts from results/demo/prune
         ("config error: experiments.mini.retrain_spec: config/specs/demo_retrain.txt must set "
         'training_config.pruned_model_path: "results/mini/prune/model.tlt"')),
+    "missing pretrained weights": (
+        lambda c: demo(c).update(pretrained="weights/nope.h5"),
+        "config error: experiments.demo.pretrained: 'weights/nope.h5' does not exist"),
+    "pretrained weights the spec does not start from": (
+        lambda c: demo(c).update(pretrained="data/mini/train.json"),
+        ("config error: experiments.demo.pretrained: must be the spec's "
+         "training_config.checkpoint (config/specs/demo.txt: 'none'")),
     "unknown experiment in run": (
         lambda c: c.update(run=["demo", "nosuch"]),
         "config error: run: 'nosuch' is not under experiments"),
@@ -134,3 +142,19 @@ def test_the_committed_config_and_a_coco_experiment_pass(workflow_copy, tmp_path
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     result = snakemake(root, "-n", "all", "--quiet", "rules")
     assert "dataset_convert" in result.stdout and "demo_data" not in result.stdout
+
+
+def test_pretrained_weights_are_an_input_of_train_for_snakemake_and_dvc(workflow_copy, tmp_path):
+    root = edited_config(workflow_copy, tmp_path,
+                         lambda c: demo(c).update(pretrained="weights/efficientnet_b0.hdf5"))
+    (root / "weights").mkdir()
+    (root / "weights/efficientnet_b0.hdf5").write_bytes(b"weights")
+    spec = root / "config/specs/demo.txt"
+    spec.write_text(spec.read_text().replace(
+        "training_config {", 'training_config {\n  checkpoint: "weights/efficientnet_b0.hdf5"', 1))
+    result = snakemake(root, "-n", "results/demo/train", "--quiet", "rules")
+    assert "train" in result.stdout
+    run([sys.executable, "scripts/make_dvc_yaml.py"], root)
+    # make_dvc_yaml.py takes each stage's deps from the Snakemake job's input files.
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    assert "weights/efficientnet_b0.hdf5" in stages["demo-train"]["deps"]

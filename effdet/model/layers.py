@@ -164,7 +164,13 @@ class FastNormalizedFusion(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="effdet")
 class NearestResize(layers.Layer):
-    """Nearest-neighbour resize to a fixed size, for levels whose sizes are not exact 2x multiples."""
+    """Nearest-neighbour resize to a fixed size, for levels whose sizes are not exact 2x multiples.
+
+    automl and TAO use `tf.compat.v1.image.resize_nearest_neighbor` (source pixel
+    floor(dst * in / out), no half-pixel centres); keras' resize centres pixels and would pick
+    other rows at sizes that are not multiples of 128, so converted weights would not give
+    automl's outputs there.
+    """
 
     def __init__(self, height: int, width: int, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -172,9 +178,10 @@ class NearestResize(layers.Layer):
         self.width = width
 
     def call(self, inputs) -> keras.KerasTensor:
-        resized = ops.image.resize(ops.cast(inputs, "float32"), (self.height, self.width),
-                                   interpolation="nearest")
-        return ops.cast(resized, inputs.dtype)
+        resized = tf.compat.v1.image.resize_nearest_neighbor(
+            tf.cast(inputs, tf.float32), (self.height, self.width), align_corners=False,
+            half_pixel_centers=False)
+        return tf.cast(resized, inputs.dtype)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (input_shape[0], self.height, self.width, input_shape[3])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -9,9 +10,11 @@ import keras
 import numpy as np
 from keras import layers
 
-from effdet.errors import EffdetError
+from effdet.model.tao_names import resolve_layer_names
 from effdet.pruning.criteria import equalize, filter_norms, kept_count, kept_indices, normalize
 from effdet.pruning.groups import ChannelGraph, ChannelGroup
+
+log = logging.getLogger("effdet")
 
 
 @dataclass(frozen=True)
@@ -57,14 +60,14 @@ def group_layers(graph: ChannelGraph, model: keras.Model, group: ChannelGroup) -
 
 
 def choose_channels(model: keras.Model, graph: ChannelGraph, arrays: Mapping[str, np.ndarray],
-                    width_names: Collection[str],
-                    settings: PruneSettings) -> dict[str, np.ndarray]:
+                    width_names: Collection[str], settings: PruneSettings,
+                    min_level: int, max_level: int) -> dict[str, np.ndarray]:
     """Kept channel indices per prunable group (groups left whole are absent)."""
-    known = {layer.name for layer in model.layers}
-    unknown = [name for name in settings.excluded_layers if name not in known]
+    excluded, unknown = resolve_layer_names(settings.excluded_layers, model, min_level, max_level)
     if unknown:
-        raise EffdetError(f"excluded layer {unknown[0]!r} is not a layer of this model")
-    excluded = set(settings.excluded_layers)
+        # TAO ignores names that match no layer; say so instead of failing.
+        log.warning("excluded layers %s are not layers of this model (ours or TAO's names); "
+                    "ignored", ", ".join(repr(name) for name in unknown))
     kept = {}
     for group in graph.groups.values():
         if group.fixed or not any(name in width_names for name in group.producers):

@@ -64,7 +64,8 @@ def prune(model_path: str | Path, output_dir: str | Path, key: str,
     graph = channel_graph(original)
     log.info("%s: %d channel groups, %d prunable", model_path, len(graph.groups),
              sum(not g.fixed for g in graph.groups.values()))
-    kept = choose_channels(original, graph, arrays, factory.width_names, settings)
+    kept = choose_channels(original, graph, arrays, factory.width_names, settings,
+                           architecture.model_config.min_level, architecture.model_config.max_level)
 
     widths = {**(architecture.widths or {}), **pruned_widths(graph, kept, factory.width_names)}
     pruned_architecture = dataclasses.replace(architecture, widths=widths or None)

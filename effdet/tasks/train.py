@@ -34,6 +34,7 @@ from effdet.model.saving import (
     EMA, OPTIMIZER, WEIGHTS, Architecture, arrays_to_members, assign_arrays, members_to_arrays,
     save_model,
 )
+from effdet.model.pretrained import load_pretrained
 from effdet.model.variants import Variant, get_variant
 from effdet.spec import ExperimentConfig, load_spec
 from effdet.training.checkpoints import FINAL, checkpoint_path, checkpoints, rotate
@@ -216,16 +217,16 @@ class Trainer:
             variable.assign(arrays[f"{index:05d}"])
 
     def _transfer(self, path: Path) -> None:
-        contents = read_tlt(path, self.key)
-        group = EMA if any(m.startswith(f"{EMA}/") for m in contents.members) else WEIGHTS
         pattern = self.training.skip_checkpoint_variables
-        skip = re.compile(pattern) if pattern else None
-        loaded = assign_arrays(self.model.weights, members_to_arrays(group, contents.members),
-                               str(path), skip=skip, require_all=False)
+        kind, report = load_pretrained(path, self.model, self.config.model_config, self.variant,
+                                       self.key, re.compile(pattern) if pattern else None)
         if self.ema is not None:
             self.ema.load({v.path: v.numpy() for v in self.model.weights})
-        log.info("initialised %d of %d variables from %s%s", len(loaded), len(self.model.weights),
-                 path, f" (skipping /{pattern}/)" if pattern else "")
+        log.info("initialised from %s (%s): %s%s", path, kind, report.summary(),
+                 f" (skipping /{pattern}/)" if pattern else "")
+        if report.unused:
+            log.info("not used from %s: %s%s", path, ", ".join(report.unused[:5]),
+                     " …" if len(report.unused) > 5 else "")
 
     # --- the loop ---------------------------------------------------------------------------
 
