@@ -26,6 +26,7 @@ from effdet.tasks.convert_checkpoint import convert_checkpoint, parse_image_size
 from effdet.tasks.evaluate import evaluate
 from effdet.tasks.export import export
 from effdet.tasks.train import train
+from tests.spec_support import complete
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -74,7 +75,7 @@ def workspace(tmp_path_factory) -> dict:
 
 def spec(root: Path, data, num_classes: int, training: str = "") -> Path:
     path = root / f"spec{num_classes}.txt"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(complete(textwrap.dedent(f"""\
         training_config {{
           train_batch_size: 2
           num_examples_per_epoch: 4
@@ -93,7 +94,7 @@ def spec(root: Path, data, num_classes: int, training: str = "") -> Path:
         eval_config {{
           eval_batch_size: 1 eval_samples: 2 eval_epoch_cycle: 1 eval_after_training: false
         }}
-        """))
+        """)))
     return path
 
 
