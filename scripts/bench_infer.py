@@ -1,11 +1,14 @@
-"""Time D0 inference end to end (network + NMS) on CPU: Keras graph (XLA off/on) vs the
-ONNX Runtime engine that `effdet export` + `effdet gen_trt_engine --engine_file X.onnx` build.
+"""Time D0 inference end to end (network + NMS) on CPU: the Keras graph vs the fp32 and the
+int8 ONNX Runtime engines that `effdet export` + `effdet gen_trt_engine --engine_file X.onnx
+[--data_type int8]` build, interleaved (A B C A B C ...) so that a shared machine's changing
+load hits every path alike.
 
-    PYTHONPATH=. python scripts/bench_infer.py [--size 512] [--batches 1,8] [--runs 10]
+    PYTHONPATH=. python scripts/bench_infer.py [--size 512] [--batches 1,8] [--runs 10] [--xla]
 
 The model has random weights with 90 classes (COCO); its class head is biased so that every
-image yields the full max_detections boxes, the worst case for NMS. Both paths get the same
-[B, H, W, 3] 0–255 input (already resized) and return the four detection outputs.
+image yields the full max_detections boxes, the worst case for NMS. The int8 engine is
+calibrated on random images (speed does not depend on the ranges). Every path gets the same
+[B, H, W, 3] 0–255 input (already resized) and returns the four detection outputs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from effdet.anchors import anchors_for
 from effdet.data.preprocess import normalize_image
@@ -70,18 +74,33 @@ def ort_detector(engine: Path) -> Callable[[np.ndarray], dict]:
     return lambda images: dict(zip(names, session.run(None, {input_name: images})))
 
 
-def median_ms(run: Callable[[np.ndarray], dict], images: np.ndarray, runs: int) -> float:
-    for _ in range(3):  # warm-up: tracing, XLA compilation, ORT allocations
-        run(images)
-    times = []
+def interleaved_ms(paths: dict[str, Callable[[np.ndarray], dict]], images: np.ndarray,
+                   runs: int) -> dict[str, list[float]]:
+    """Milliseconds of each path over `runs` rounds, one call of every path per round."""
+    for run in paths.values():
+        for _ in range(3):  # warm-up: tracing, XLA compilation, ORT allocations
+            run(images)
+    times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(runs):
-        start = time.perf_counter()
-        run(images)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        for name, run in paths.items():
+            start = time.perf_counter()
+            run(images)
+            times[name].append((time.perf_counter() - start) * 1000)
+    return times
 
 
-def export_engine(architecture: Architecture, model: tf.keras.Model, folder: Path) -> Path:
+def calibration_images(folder: Path, size: int, count: int) -> Path:
+    images = folder / "calibration"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+            images / f"{i}.png")
+    return images
+
+
+def export_engines(architecture: Architecture, model: tf.keras.Model,
+                   folder: Path) -> tuple[Path, Path]:
     save_model(folder / "model.tlt", KEY, architecture, model, manifest={})
     spec = folder / "spec.txt"
     size = architecture.image_size
@@ -97,7 +116,11 @@ def export_engine(architecture: Architecture, model: tf.keras.Model, folder: Pat
                     "learning_rate: 0.08 }\n"
                     'model_config { model_name: "efficientdet-d0" }\n')
     result = export(folder / "model.tlt", spec, folder / "model.etlt", KEY)
-    return gen_trt_engine(result.onnx_path, None, folder / "model.engine.onnx")
+    fp32 = gen_trt_engine(result.onnx_path, None, folder / "model.fp32.onnx")
+    int8 = gen_trt_engine(result.onnx_path, None, folder / "model.int8.onnx", data_type="int8",
+                          cal_image_dir=calibration_images(folder, size[0], 8),
+                          cal_cache_file=folder / "calibration.json", batch_size=4, batches=2)
+    return fp32, int8
 
 
 def main() -> None:
@@ -105,31 +128,33 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--skip-xla", action="store_true", help="XLA compiles for minutes")
+    parser.add_argument("--xla", action="store_true", help="also Keras + XLA (compiles for "
+                        "minutes; ~10x slower than the graph on CPU)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
 
     architecture, model = build(args.size)
     with tempfile.TemporaryDirectory() as folder:
-        engine = export_engine(architecture, model, Path(folder))
-        paths = {"keras graph": keras_detector(architecture, model, jit=False)}
-        if not args.skip_xla:
+        fp32, int8 = export_engines(architecture, model, Path(folder))
+        paths = {"keras graph": keras_detector(architecture, model, jit=False),
+                 "ort fp32": ort_detector(fp32), "ort int8": ort_detector(int8)}
+        if args.xla:
             paths["keras graph + XLA"] = keras_detector(architecture, model, jit=True)
-        paths["onnx runtime engine"] = ort_detector(engine)
         rng = np.random.default_rng(0)
         print(f"D0 {args.size}x{args.size}, 90 classes, network + NMS (≤{MAX_DETECTIONS} boxes), "
-              f"CPU, median of {args.runs} runs after warm-up")
-        results: dict[tuple[str, int], float] = {}
+              f"CPU, {args.runs} interleaved rounds after warm-up; median [min–max] ms")
         for batch in batches:
             images = rng.uniform(0, 255, (batch, args.size, args.size, 3)).astype(np.float32)
-            for name, run in paths.items():
-                ms = median_ms(run, images, args.runs)
-                results[name, batch] = ms
-                print(f"  {name:20} batch {batch}: {ms:8.1f} ms  {ms / batch:7.1f} ms/image "
-                      f"{1000 * batch / ms:7.1f} images/s", flush=True)
-        for batch in batches:
-            speedup = results["keras graph", batch] / results["onnx runtime engine", batch]
-            print(f"ONNX Runtime engine vs Keras graph at batch {batch}: {speedup:.2f}x")
+            times = interleaved_ms(paths, images, args.runs)
+            medians = {name: statistics.median(values) for name, values in times.items()}
+            for name, values in times.items():
+                ms = medians[name]
+                print(f"  batch {batch} {name:18} {ms:8.1f} [{min(values):7.1f}–{max(values):7.1f}]"
+                      f" ms {ms / batch:7.1f} ms/image  {medians['keras graph'] / ms:5.2f}x Keras "
+                      f"graph", flush=True)
+            print(f"  batch {batch}: ort fp32 {medians['keras graph'] / medians['ort fp32']:.2f}x "
+                  f"Keras graph; ort int8 {medians['ort fp32'] / medians['ort int8']:.2f}x ort "
+                  "fp32", flush=True)
 
 
 if __name__ == "__main__":

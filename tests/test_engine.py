@@ -8,17 +8,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import tensorflow as tf
 from PIL import Image
 
+from effdet.data.convert import dataset_convert
 from effdet.data.preprocess import MEAN_RGB
+from effdet.data.synthetic import make_dataset
 from effdet.errors import EffdetError
 from effdet.export import onnx_graph
+from effdet.export.quantize import postprocess_nodes, quantize_int8
 from effdet.model.saving import save_model
 from effdet.tasks import engine
 from effdet.tasks.engine import EngineUnavailable, calibration_batches, gen_trt_engine
+from effdet.tasks.evaluate import evaluate
 from effdet.tasks.export import export
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +106,92 @@ def test_deepstream_files_for_an_engine_come_from_the_model_metadata(exported, t
                  "batch-size=4", "pre-cluster-threshold=0.3", "infer-dims=3;128;128",
                  f"onnx-file={exported['result'].trt_onnx_path.resolve()}"]:
         assert line in text.splitlines()
+
+
+@pytest.fixture(scope="module")
+def shapes(exported, tmp_path_factory) -> dict:
+    """The exported tiny model, shapes images with a validation split and a spec reading it,
+    and an int8 model calibrated on the images (its cache beside it)."""
+    root = tmp_path_factory.mktemp("int8")
+    data = make_dataset(root / "raw", num_images=8, width=160, height=120, seed=5,
+                        val_fraction=0.25)
+    dataset_convert(data.image_dir, data.val_json, root / "val", tag="val", num_shards=1,
+                    workers=1)
+    spec = root / "spec.txt"
+    spec.write_text(f"""
+dataset_config {{ num_classes: 5 image_size: "128,128"
+  validation_file_pattern: "{root / 'val'}/val-*" validation_json_file: "{data.val_json}" }}
+eval_config {{ eval_batch_size: 2 eval_samples: 2 max_detections_per_image: 20 }}
+""")
+    onnx_path = exported["result"].onnx_path
+    cache = root / "cal.json"
+    int8 = gen_trt_engine(onnx_path, None, root / "m.int8.onnx", data_type="int8",
+                          cal_image_dir=data.image_dir, cal_cache_file=cache, batch_size=2,
+                          batches=2)
+    return {"images": data.image_dir, "spec": spec, "onnx": onnx_path, "int8": int8,
+            "cache": cache}
+
+
+def test_int8_onnx_runtime_model_quantises_the_network_only(shapes, tmp_path):
+    engine_model = onnx.load(shapes["int8"])
+    ops = {node.op_type for node in engine_model.graph.node}
+    assert "QLinearConv" in ops and "Conv" not in ops  # every convolution runs in int8
+    assert (onnx_graph.read_metadata(engine_model)
+            == onnx_graph.read_metadata(onnx.load(shapes["onnx"])))
+    images = next(calibration_batches(shapes["images"], (128, 128), 3, 1))
+    fp32, int8 = run(shapes["onnx"], images), run(shapes["int8"], images)
+    assert int8[0].min() > 0 and not np.array_equal(int8[2], fp32[2])
+    np.testing.assert_allclose(int8[2][:, :3], fp32[2][:, :3], atol=0.05)  # close, not equal
+    # Decoding, top-k and NMS stay float: none of them reads a dequantised tensor.
+    quantize_int8(shapes["onnx"].read_bytes(), tmp_path / "qdq.onnx", batches=None,
+                  cache_file=shapes["cache"])
+    qdq = onnx.load(tmp_path / "qdq.onnx")
+    dequantised = {o for node in qdq.graph.node if node.op_type == "DequantizeLinear"
+                   for o in node.output}
+    post = [node for node in qdq.graph.node
+            if node.op_type in ("TopK", "NonMaxSuppression", "Exp", "GatherND", "Sigmoid")
+            and node.name in postprocess_nodes(qdq)]
+    assert post and not any(set(node.input) & dequantised for node in post)
+
+
+def test_int8_cache_is_reused_without_images_and_evaluate_runs(shapes, tmp_path):
+    written = shapes["cache"].read_bytes()
+    again = gen_trt_engine(shapes["onnx"], None, tmp_path / "b.onnx", data_type="int8",
+                           cal_cache_file=shapes["cache"])
+    assert shapes["cache"].read_bytes() == written
+    images = np.random.default_rng(6).uniform(0, 255, (2, 128, 128, 3)).astype(np.float32)
+    for got, expected in zip(run(again, images), run(shapes["int8"], images)):
+        np.testing.assert_array_equal(got, expected)
+    metrics = evaluate(shapes["spec"], again, None, output_dir=tmp_path / "eval")
+    assert metrics["num_images"] == 2 and np.isfinite(metrics["AP"])
+    assert (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_int8_onnx_runtime_errors_are_one_line(shapes, exported, tmp_path):
+    with pytest.raises(EffdetError, match="int8 needs --cal_cache_file"):
+        gen_trt_engine(shapes["onnx"], None, tmp_path / "m.onnx", data_type="int8",
+                       cal_image_dir=shapes["images"])
+    with pytest.raises(EffdetError, match="no calibration cache yet; pass --cal_image_dir"):
+        gen_trt_engine(shapes["onnx"], None, tmp_path / "m.onnx", data_type="int8",
+                       cal_cache_file=tmp_path / "missing.json")
+    (tmp_path / "trt.bin").write_bytes(b"TRT-8601-EntropyCalibration2\n")
+    with pytest.raises(EffdetError, match="not an ONNX Runtime calibration cache"):
+        gen_trt_engine(shapes["onnx"], None, tmp_path / "m.onnx", data_type="int8",
+                       cal_cache_file=tmp_path / "trt.bin")
+    with pytest.raises(EffdetError, match="needs a TensorRT engine"):
+        gen_trt_engine(exported["result"].trt_onnx_path, None, tmp_path / "m.onnx",
+                       data_type="int8", cal_cache_file=shapes["cache"])
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_postprocess_nodes_are_everything_after_the_prediction_convolutions(shapes):
+    model = onnx.load(shapes["onnx"])
+    excluded = postprocess_nodes(model)
+    kinds = {node.op_type for node in model.graph.node if node.name in excluded}
+    assert {"TopK", "NonMaxSuppression", "Exp", "GatherND"} <= kinds and "Conv" not in kinds
+    network = [node for node in model.graph.node if node.name not in excluded]
+    assert {"Conv", "Sigmoid", "Mul"} <= {node.op_type for node in network}
+    assert not {"TopK", "NonMaxSuppression", "Exp"} & {node.op_type for node in network}
 
 
 def test_calibration_batches_prepare_images_as_the_graph_expects(tmp_path, caplog):

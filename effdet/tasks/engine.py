@@ -2,7 +2,9 @@
 
 Two kinds of engine, chosen by the engine file's suffix:
   * `.onnx`: ONNX Runtime's optimised model for this machine (all graph optimisations, one
-    intra-op thread per core), the CPU pipeline's "engine";
+    intra-op thread per core), the CPU pipeline's "engine"; with int8, the network is first
+    quantised (effdet.export.quantize) with ranges calibrated on the same `calibration_batches`
+    and cached in the calibration cache, as for TensorRT;
   * anything else (`.engine`, `.plan`, …): a serialized TensorRT (>= 10) engine, built with the
     ONNX parser, one optimisation profile over batch 1..max_batch_size, fp16/int8 flags and
     an IInt8EntropyCalibrator2 fed by `calibration_batches` (the exported graph's own input
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,8 +110,11 @@ def build_engine(onnx_bytes: bytes, engine_file: Path, *, data_type: str = "fp32
     if data_type not in DATA_TYPES:
         raise EffdetError(f"data_type must be one of {DATA_TYPES}, got {data_type!r}")
     if engine_file.suffix == ORT_ENGINE_SUFFIX:
-        if data_type != "fp32":
-            log.warning("ONNX Runtime engines run in fp32; ignoring data_type %s", data_type)
+        if data_type == "fp16":
+            log.warning("ONNX Runtime engines on CPU run fp32 or int8; building fp32")
+        if data_type == "int8":
+            onnx_bytes = quantized_model(onnx_bytes, cal_image_dir, cal_cache_file, batch_size,
+                                         batches)
         build_ort_engine(onnx_bytes, engine_file)
     else:
         build_trt_engine(onnx_bytes, engine_file, data_type=data_type,
@@ -138,9 +144,34 @@ def build_ort_engine(onnx_bytes: bytes, engine_file: Path) -> None:
         try:
             ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EffdetError(f"ONNX Runtime cannot load the model ({first}); a TensorRT-"
-                              "flavoured graph (.trt.onnx) needs a TensorRT engine") from None
+            raise ort_refusal(exc) from None
+
+
+def ort_refusal(exc: Exception) -> EffdetError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return EffdetError(f"ONNX Runtime cannot load the model ({first}); a TensorRT-flavoured "
+                       "graph (.trt.onnx) needs a TensorRT engine")
+
+
+def quantized_model(onnx_bytes: bytes, image_dir: Path | None, cache_file: Path | None,
+                    batch_size: int, batches: int) -> bytes:
+    """The int8 QDQ model, calibrated on `calibration_batches` or read from `cache_file`."""
+    from effdet.export.quantize import quantize_int8
+
+    cache_file = calibration_cache(cache_file, image_dir)
+    dims = onnx.load_from_string(onnx_bytes).graph.input[0].type.tensor_type.shape.dim
+    image_size = (dims[1].dim_value, dims[2].dim_value)
+    source = (None if image_dir is None else
+              lambda: calibration_batches(image_dir, image_size, batch_size, batches))
+    with tempfile.TemporaryDirectory(prefix="effdet-int8-") as folder:
+        output = Path(folder) / "int8.onnx"
+        try:
+            quantize_int8(onnx_bytes, output, batches=source, cache_file=cache_file)
+        except EffdetError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the quantiser's ONNX Runtime session
+            raise ort_refusal(exc) from None
+        return output.read_bytes()
 
 
 def calibration_batches(image_dir: Path, image_size: tuple[int, int], batch_size: int,
@@ -167,6 +198,15 @@ def calibration_batches(image_dir: Path, image_size: tuple[int, int], batch_size
                 pixels = np.asarray(image.convert("RGB"))
             images.append(network_input(tf.constant(pixels), image_size)[0].numpy())
         yield np.ascontiguousarray(np.stack(images), dtype=np.float32)
+
+
+def calibration_cache(cache_file: Path | None, image_dir: Path | None) -> Path:
+    """The int8 calibration cache: read when it exists, otherwise made from `image_dir`."""
+    if cache_file is None:
+        raise EffdetError("int8 needs --cal_cache_file (read if present, written otherwise)")
+    if not cache_file.exists() and image_dir is None:
+        raise EffdetError(f"{cache_file}: no calibration cache yet; pass --cal_image_dir")
+    return cache_file
 
 
 def _import_tensorrt() -> Any:
@@ -222,10 +262,7 @@ def build_trt_engine(onnx_bytes: bytes, engine_file: Path, *, data_type: str,
 def make_calibrator(trt: Any, image_size: tuple[int, int], image_dir: Path | None,
                     cache_file: Path | None, batch_size: int, batches: int) -> Any:
     """An IInt8EntropyCalibrator2 over `calibration_batches`, reusing `cache_file` if present."""
-    if cache_file is None:
-        raise EffdetError("int8 needs --cal_cache_file (read if present, written otherwise)")
-    if not cache_file.exists() and image_dir is None:
-        raise EffdetError(f"{cache_file}: no calibration cache yet; pass --cal_image_dir")
+    cache_file = calibration_cache(cache_file, image_dir)
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
