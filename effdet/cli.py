@@ -103,6 +103,7 @@ def _positive_int(text: str) -> int:
 
 
 def _run_dataset_convert(args: argparse.Namespace) -> int:
+    _check_runtime(args)
     from effdet.data.convert import dataset_convert
 
     with task_status(_results_dir(args), "dataset_convert"):
@@ -290,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--include_masks", "--include_mask", dest="include_mask",
                          action="store_true", help="also write the segmentation masks")
     _add_results_dir(convert, "")
-    _add_logging(convert)
+    _add_runtime(convert)
     convert.set_defaults(run=_run_dataset_convert)
 
     train = tasks.add_parser("train", help="train a model",
