@@ -187,7 +187,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         metrics = evaluate(Path(args.experiment_spec), Path(args.model_path), key,
                            output_dir=Path(output_dir) if output_dir else None)
         if status is not None:  # TAO's evaluate.py: the metrics as they are, not scaled
-            status.kpi.update(coco_kpi(metrics, scale=1.0))
+            status.kpi.update(coco_kpi(metrics, percent=False))
     return 0
 
 

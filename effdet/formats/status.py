@@ -55,10 +55,12 @@ class StatusLogger:
         return record
 
 
-def coco_kpi(metrics: Mapping[str, Any], scale: float = 100.0) -> dict[str, float]:
-    """Our COCO metrics under TAO's KPI names (coco_metric.py's metric_names); during
-    training TAO scales them by 100 and rounds to 4 places (distributed_executer.py)."""
-    return {TAO_METRIC_NAMES.get(name, name): float(round(float(metrics[name]) * scale, 4))
+def coco_kpi(metrics: Mapping[str, Any], percent: bool = True) -> dict[str, float]:
+    """Our COCO metrics under TAO's KPI names (coco_metric.py's metric_names). `percent`:
+    x100 rounded to 4 places, as TAO's training (distributed_executer.py); otherwise as they
+    are, as TAO's evaluate.py."""
+    return {TAO_METRIC_NAMES.get(name, name): (float(round(float(metrics[name]) * 100, 4))
+                                               if percent else float(metrics[name]))
             for name in COCO_METRICS if name in metrics}
 
 
