@@ -89,7 +89,7 @@ def _check_runtime(args: argparse.Namespace, multi_gpu: bool = False) -> None:
 
 
 def _results_dir(args: argparse.Namespace) -> Path | None:
-    return Path(args.results_dir) if getattr(args, "results_dir", None) else None
+    return Path(args.results_dir) if args.results_dir else None
 
 
 def _positive_int(text: str) -> int:
@@ -153,7 +153,7 @@ def _run_prune(args: argparse.Namespace) -> int:
 
     select_gpu(args.gpu_index)
     # TAO's prune writes status.json into its output folder (scripts/prune.py).
-    with task_status(_results_dir(args) or Path(args.output_dir), "prune") as status:
+    with task_status(Path(args.output_dir), "prune") as status:
         result = prune(Path(args.model), Path(args.output_dir), key, PruneSettings(
             normalizer=args.normalizer, equalization_criterion=args.equalization_criterion,
             granularity=args.pruning_granularity, threshold=args.pruning_threshold,
@@ -221,7 +221,7 @@ def _run_export(args: argparse.Namespace) -> int:
     output = Path(args.output_path) if args.output_path else None
     # TAO's export.py writes status.json beside the output file.
     where = (output or Path(args.model_path)).resolve().parent
-    with task_status(_results_dir(args) or where, "export"):
+    with task_status(where, "export"):
         export(Path(args.model_path), Path(args.experiment_spec), output, key,
                data_type=args.data_type, force=args.force, engine_file=args.engine_file,
                cal_image_dir=args.cal_image_dir, cal_cache_file=args.cal_cache_file,
@@ -231,8 +231,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_gen_trt_engine(args: argparse.Namespace) -> int:
-    # Only an .etlt needs the key; an .onnx converts without one.
     _check_runtime(args)
+    # Only an .etlt needs the key; an .onnx converts without one.
     key = resolve_key(args.key) if Path(args.model_path).suffix == ".etlt" else None
     from effdet.tasks.engine import gen_trt_engine
 
@@ -333,7 +333,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="minimum filters kept per layer (default 16)")
     prune.add_argument("-el", "--excluded_layers", nargs="*", default=[], metavar="LAYER",
                        help="layers never pruned (default none)")
-    _add_results_dir(prune, " (default: the output folder, as TAO)")
     _add_runtime(prune)
     prune.set_defaults(run=_run_prune)
 
@@ -374,7 +373,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "TensorRT's otherwise")
     _add_engine_options(export)
     export.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    _add_results_dir(export, " (default: beside the .etlt, as TAO)")
     _add_runtime(export)
     export.set_defaults(run=_run_export)
 
