@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dataset_convert, train, evaluate, prune, inference, export, gen_trt_engine.",
     )
     parser.add_argument("--version", action="version", version=f"effdet {__version__}")
-    parser.add_argument("--verbose", action="store_true",
+    parser.add_argument("-v", "--verbose", action="store_true",
                         help="debug logging, and tracebacks on errors (also EFFDET_DEBUG=1)")
     tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
 
