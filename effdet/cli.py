@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from effdet import __version__
 from effdet.errors import EffdetError
+from effdet.formats.status import coco_kpi, task_status
 from effdet.key import KEY_ENV, resolve_key
 from effdet.log import redact, register_secret, setup_logging
 
@@ -35,9 +36,20 @@ def _add_key(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"key {what} (default: the {KEY_ENV} environment variable)")
 
 
-def _add_runtime(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gpu_index", type=int, default=None, metavar="I",
-                        help="index of the GPU to run on (when the machine has several)")
+def _add_runtime(parser: argparse.ArgumentParser, multi_gpu: bool = False) -> None:
+    """TAO's launcher flags, which it adds to every task (cv/common/entrypoint/entrypoint.py);
+    like TAO, only train runs on several GPUs or with AMP."""
+    parser.add_argument("--gpus", type=_positive_int, default=1,
+                        help="number of GPUs (default 1)" if multi_gpu
+                        else "number of GPUs: 1 (TAO runs only train on several)")
+    parser.add_argument("--gpu_index", type=_gpu_index, nargs="+", default=None, metavar="I",
+                        help="indices of the GPUs to use, one per --gpus (default: the first)")
+    parser.add_argument("-np", "--num_processes", type=int, default=-1, metavar="N",
+                        help="TAO's MPI process count (-1: --gpus); one effdet process drives "
+                        "all --gpus, so N may be -1, 1 or --gpus")
+    parser.add_argument("--use_amp", action="store_true",
+                        help="automatic mixed precision (train only, as in TAO; same as "
+                        "training_config.amp)")
     _add_logging(parser)
 
 
@@ -45,8 +57,39 @@ def _add_logging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log_file", default=None, metavar="FILE",
                         help="write the log to FILE instead of stderr")
     # SUPPRESS keeps a --verbose given before the task name from being reset here.
-    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="debug logging, and tracebacks on errors (also EFFDET_DEBUG=1)")
+
+
+def _add_results_dir(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("-r", "--results_dir", default=None, metavar="DIR",
+                        help=f"TAO's results folder: status.json{what} (default: no status.json)")
+
+
+def _gpu_index(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a GPU index (0, 1, ...), got {text}")
+    return value
+
+
+def _check_runtime(args: argparse.Namespace, multi_gpu: bool = False) -> None:
+    """TAO's launcher checks (entrypoint.py's launch_job and check_valid_gpus)."""
+    task = args.task
+    if args.gpus > 1 and not multi_gpu:
+        raise EffdetError(f"--gpus {args.gpus}: {task} runs on one GPU (only train uses several)")
+    if args.use_amp and not multi_gpu:
+        raise EffdetError(f"--use_amp: AMP is supported only for train, not {task}")
+    if args.gpu_index is not None and len(args.gpu_index) != args.gpus:
+        raise EffdetError(f"--gpu_index {' '.join(map(str, args.gpu_index))}: give one index "
+                          f"per GPU (--gpus {args.gpus})")
+    if args.num_processes not in (-1, 1, args.gpus):
+        raise EffdetError(f"-np {args.num_processes}: effdet runs one process for all "
+                          f"--gpus {args.gpus}; use -1, 1 or {args.gpus}")
+
+
+def _results_dir(args: argparse.Namespace) -> Path | None:
+    return Path(args.results_dir) if args.results_dir else None
 
 
 def _positive_int(text: str) -> int:
@@ -60,25 +103,28 @@ def _positive_int(text: str) -> int:
 
 
 def _run_dataset_convert(args: argparse.Namespace) -> int:
+    _check_runtime(args)
     from effdet.data.convert import dataset_convert
 
-    dataset_convert(
-        image_dir=Path(args.image_dir),
-        annotations_file=Path(args.annotations_file),
-        output_dir=Path(args.output_dir),
-        tag=args.tag,
-        num_shards=args.num_shards,
-        include_mask=args.include_mask,
-    )
+    with task_status(_results_dir(args), "dataset_convert"):
+        dataset_convert(
+            image_dir=Path(args.image_dir),
+            annotations_file=Path(args.annotations_file),
+            output_dir=Path(args.output_dir),
+            tag=args.tag,
+            num_shards=args.num_shards,
+            include_mask=args.include_mask,
+        )
     return 0
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    _check_runtime(args, multi_gpu=True)
     key = resolve_key(args.key)
     from effdet.tasks.train import train
 
     train(Path(args.experiment_spec), Path(args.model_dir), key, gpus=args.gpus,
-          gpu_index=args.gpu_index, sync_bn=args.sync_bn)
+          gpu_index=args.gpu_index, use_amp=args.use_amp, sync_bn=args.sync_bn)
     return 0
 
 
@@ -99,16 +145,22 @@ def _run_spec(args: argparse.Namespace) -> int:
 
 
 def _run_prune(args: argparse.Namespace) -> int:
+    _check_runtime(args)
     key = resolve_key(args.key)
     from effdet.pruning.surgery import PruneSettings
     from effdet.tasks.prune import prune
     from effdet.training.strategy import select_gpu
 
     select_gpu(args.gpu_index)
-    prune(Path(args.model), Path(args.output_dir), key, PruneSettings(
-        normalizer=args.normalizer, equalization_criterion=args.equalization_criterion,
-        granularity=args.pruning_granularity, threshold=args.pruning_threshold,
-        min_filters=args.min_num_filters, excluded_layers=tuple(args.excluded_layers)))
+    # TAO's prune writes status.json into its output folder (scripts/prune.py).
+    with task_status(Path(args.output_dir), "prune") as status:
+        result = prune(Path(args.model), Path(args.output_dir), key, PruneSettings(
+            normalizer=args.normalizer, equalization_criterion=args.equalization_criterion,
+            granularity=args.pruning_granularity, threshold=args.pruning_threshold,
+            min_filters=args.min_num_filters, excluded_layers=tuple(args.excluded_layers)))
+        status.kpi.update({"pruning_ratio": result.report["params"]["ratio"],
+                           "param_count": result.report["params"]["after"],
+                           "size": result.model_path.stat().st_size / 2**20})
     return 0
 
 
@@ -134,53 +186,74 @@ def _model_key(args: argparse.Namespace) -> str | None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    _check_runtime(args)
     key = _model_key(args)
     from effdet.tasks.evaluate import evaluate
     from effdet.training.strategy import select_gpu
 
     select_gpu(args.gpu_index)
-    evaluate(Path(args.experiment_spec), Path(args.model_path), key,
-             output_dir=Path(args.output_dir) if args.output_dir else None)
+    output_dir = args.output_dir or args.results_dir
+    with task_status(_results_dir(args), "evaluate") as status:
+        metrics = evaluate(Path(args.experiment_spec), Path(args.model_path), key,
+                           output_dir=Path(output_dir) if output_dir else None)
+        if status is not None:  # TAO's evaluate.py: the metrics as they are, not scaled
+            status.kpi.update(coco_kpi(metrics, percent=False))
     return 0
 
 
 def _run_inference(args: argparse.Namespace) -> int:
+    _check_runtime(args)
+    results = _results_dir(args)
+    if args.out_image_path is None and results is None:
+        raise EffdetError("inference: give -o/--out_image_path or -r/--results_dir")
+    # TAO's inference.py writes into results_dir/images_annotated and results_dir/labels.
+    images = Path(args.out_image_path) if args.out_image_path else results / "images_annotated"
+    labels = (Path(args.out_label_path) if args.out_label_path
+              else None if args.out_image_path else results / "labels")
     key = _model_key(args)
     from effdet.tasks.inference import inference
     from effdet.training.strategy import select_gpu
 
     select_gpu(args.gpu_index)
-    inference(Path(args.in_image_path), Path(args.out_image_path), Path(args.experiment_spec),
-              Path(args.model_path), key,
-              label_dir=Path(args.out_label_path) if args.out_label_path else None,
-              label_map=Path(args.label_map) if args.label_map else None,
-              threshold=args.threshold, batch_size=args.batch_size)
+    with task_status(results, "inference"):
+        inference(Path(args.in_image_path), images, Path(args.experiment_spec),
+                  Path(args.model_path), key, label_dir=labels,
+                  label_map=Path(args.label_map) if args.label_map else None,
+                  threshold=args.threshold, batch_size=args.batch_size)
     return 0
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    _check_runtime(args)
     key = resolve_key(args.key)
     from effdet.tasks.export import export
 
-    export(Path(args.model_path), Path(args.experiment_spec),
-           Path(args.output_path) if args.output_path else None, key,
-           data_type=args.data_type, force=args.force, engine_file=args.engine_file,
-           cal_image_dir=args.cal_image_dir, cal_cache_file=args.cal_cache_file,
-           batch_size=args.batch_size, batches=args.batches, max_batch_size=args.max_batch_size,
-           max_workspace_size=args.max_workspace_size)
+    output = Path(args.output_path) if args.output_path else None
+    # TAO's export.py writes status.json beside the output file.
+    where = (output or Path(args.model_path)).resolve().parent
+    with task_status(where, "export"):
+        export(Path(args.model_path), Path(args.experiment_spec), output, key,
+               data_type=args.data_type, force=args.force, engine_file=args.engine_file,
+               cal_image_dir=args.cal_image_dir, cal_cache_file=args.cal_cache_file,
+               batch_size=args.batch_size, batches=args.batches,
+               max_batch_size=args.max_batch_size, max_workspace_size=args.max_workspace_size)
     return 0
 
 
 def _run_gen_trt_engine(args: argparse.Namespace) -> int:
+    _check_runtime(args)
     # Only an .etlt needs the key; an .onnx converts without one.
     key = resolve_key(args.key) if Path(args.model_path).suffix == ".etlt" else None
     from effdet.tasks.engine import gen_trt_engine
 
-    gen_trt_engine(Path(args.model_path), key, Path(args.engine_file), data_type=args.data_type,
-                   cal_image_dir=args.cal_image_dir, cal_cache_file=args.cal_cache_file,
-                   batch_size=args.batch_size, batches=args.batches,
-                   max_batch_size=args.max_batch_size,
-                   max_workspace_size=args.max_workspace_size)
+    with task_status(_results_dir(args), "gen_trt_engine"):
+        gen_trt_engine(Path(args.model_path), key, Path(args.engine_file),
+                       data_type=args.data_type, cal_image_dir=args.cal_image_dir,
+                       cal_cache_file=args.cal_cache_file, batch_size=args.batch_size,
+                       batches=args.batches, max_batch_size=args.max_batch_size,
+                       max_workspace_size=args.max_workspace_size,
+                       min_batch_size=args.min_batch_size, opt_batch_size=args.opt_batch_size,
+                       strict_type_constraints=args.strict_type_constraints)
     return 0
 
 
@@ -196,8 +269,8 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="calibration batches (default 10)")
     parser.add_argument("--max_batch_size", type=_positive_int, default=1,
                         help="largest batch the engine accepts (default 1)")
-    parser.add_argument("--max_workspace_size", type=_positive_int, default=None,
-                        help="TensorRT builder workspace in bytes")
+    parser.add_argument("--max_workspace_size", type=_positive_int, default=2, metavar="GB",
+                        help="TensorRT builder workspace in GB, as TAO (default 2)")
 
 
 # --- parser ------------------------------------------------------------------------------
@@ -210,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dataset_convert, train, evaluate, prune, inference, export, gen_trt_engine.",
     )
     parser.add_argument("--version", action="version", version=f"effdet {__version__}")
-    parser.add_argument("--verbose", action="store_true",
+    parser.add_argument("-v", "--verbose", action="store_true",
                         help="debug logging, and tracebacks on errors (also EFFDET_DEBUG=1)")
     tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
 
@@ -225,9 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="shard name prefix (default: the annotation file's name)")
     convert.add_argument("-s", "--num_shards", type=_positive_int, default=256,
                          help="number of shards (default 256, never more than images)")
-    convert.add_argument("--include_mask", action="store_true",
-                         help="also write the segmentation masks")
-    _add_logging(convert)
+    convert.add_argument("--include_masks", "--include_mask", dest="include_mask",
+                         action="store_true", help="also write the segmentation masks")
+    _add_results_dir(convert, "")
+    _add_runtime(convert)
     convert.set_defaults(run=_run_dataset_convert)
 
     train = tasks.add_parser("train", help="train a model",
@@ -235,11 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec(train)
     train.add_argument("-d", "--model_dir", required=True, help="folder for checkpoints and logs")
     _add_key(train, "to encrypt the checkpoints")
-    train.add_argument("--gpus", type=_positive_int, default=1, help="number of GPUs (default 1)")
     train.add_argument("--sync_bn", action="store_true",
                        help="batch norm with the statistics of all replicas' images (default: "
                             "each replica its own, as TAO)")
-    _add_runtime(train)
+    _add_runtime(train, multi_gpu=True)
     train.set_defaults(run=_run_train)
 
     evaluate = tasks.add_parser("evaluate", help="COCO metrics of a model on the validation set",
@@ -249,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the model to evaluate: .tlt, .onnx, .etlt or .engine")
     _add_key(evaluate, "to decrypt the model")
     evaluate.add_argument("-o", "--output_dir", default=None,
-                          help="where to write metrics.json (default: the model's directory)")
+                          help="where to write metrics.json (default: -r, else the model's "
+                          "directory)")
+    _add_results_dir(evaluate, " (and metrics.json without -o)")
     _add_runtime(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
@@ -295,15 +370,19 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Draw detections and write KITTI labels.")
     inference.add_argument("-m", "--model_path", required=True,
                            help="model: .tlt, .onnx, .etlt or TensorRT .engine")
-    inference.add_argument("-i", "--in_image_path", required=True, help="input image directory")
-    inference.add_argument("-o", "--out_image_path", required=True,
-                           help="directory for the annotated images")
+    inference.add_argument("-i", "--in_image_path", "--image_dir", dest="in_image_path",
+                           required=True, help="input image directory")
+    inference.add_argument("-o", "--out_image_path", default=None,
+                           help="directory for the annotated images (default: "
+                           "-r/images_annotated)")
     _add_spec(inference)
     _add_key(inference, "to decrypt a .tlt or .etlt (not needed for .onnx or .engine)")
     inference.add_argument("-l", "--out_label_path", default=None,
-                           help="directory for KITTI label files")
-    inference.add_argument("--label_map", default=None,
+                           help="directory for KITTI label files (default: -r/labels when -o "
+                           "is not given, else none)")
+    inference.add_argument("--label_map", "--class_map", dest="label_map", default=None,
                            help="text file: line i names class id i+1")
+    _add_results_dir(inference, ", images_annotated/ and labels/")
     inference.add_argument("-t", "--threshold", type=float, default=None,
                            help="minimum score drawn (default: eval_config.min_score_thresh)")
     inference.add_argument("--batch_size", type=_positive_int, default=1,
@@ -335,6 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--engine_file", required=True,
                         help="the engine to write: TensorRT's, or ONNX Runtime's for a .onnx name")
     _add_engine_options(engine)
+    # tao_deploy's gen_trt_engine has these; TAO's export does not.
+    engine.add_argument("--min_batch_size", type=_positive_int, default=1,
+                        help="smallest batch of the TensorRT profile (default 1)")
+    engine.add_argument("--opt_batch_size", type=_positive_int, default=None,
+                        help="batch TensorRT tunes for (default: --max_batch_size)")
+    engine.add_argument("-s", "--strict_type_constraints", action="store_true",
+                        help="TensorRT keeps the layers' precision constraints")
+    _add_results_dir(engine, "")
     _add_runtime(engine)
     engine.set_defaults(run=_run_gen_trt_engine)
 

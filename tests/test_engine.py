@@ -100,7 +100,7 @@ def test_deepstream_files_for_an_engine_come_from_the_model_metadata(exported, t
     labels, config = engine.write_engine_deepstream_files(
         onnx_bytes, tmp_path / "m.engine", data_type="int8", batch_size=4,
         cal_cache_file=tmp_path / "cal.bin", onnx_file=exported["result"].trt_onnx_path)
-    assert labels.read_text().splitlines()[:2] == ["background", "circle"]
+    assert labels.read_text().splitlines()[:2] == ["circle", "square"]
     text = config.read_text()
     for line in ["model-engine-file=m.engine", "network-mode=1", "int8-calib-file=cal.bin",
                  "batch-size=4", "pre-cluster-threshold=0.3", "infer-dims=3;128;128",

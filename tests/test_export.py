@@ -255,8 +255,9 @@ def test_tensorrt_graph_has_the_efficient_nms_plugin(exported):
 def test_deepstream_files_next_to_the_etlt(exported):
     result = exported["result"]
     assert result.labels_path == result.etlt_path.parent / "labels.txt"
+    # deepstream_tao_apps' efficientdet_d0_512_labels.txt: line 0 is category id 1 ("person").
     assert result.labels_path.read_text().splitlines() == [
-        "background", "circle", "square", "triangle", "diamond"]
+        "circle", "square", "triangle", "diamond"]
     config = dict(line.split("=", 1) for line in result.nvinfer_config_path.read_text()
                   .splitlines() if "=" in line)
     assert config["onnx-file"] == "m.trt.onnx"
@@ -264,10 +265,38 @@ def test_deepstream_files_next_to_the_etlt(exported):
     assert config["infer-dims"] == "3;128;128" and config["network-input-order"] == "1"
     assert config["output-blob-names"] == (
         "num_detections;detection_boxes;detection_scores;detection_classes")
-    assert config["num-detected-classes"] == "5" and config["network-mode"] == "0"
+    # The keys and values of deepstream_tao_apps' configs/nvinfer/efficientdet_tao/
+    # pgie_d0_512_tao_config.txt that do not depend on the model.
+    assert {k: config[k] for k in ("gpu-id", "net-scale-factor", "offsets", "model-color-format",
+                                   "network-input-order", "maintain-aspect-ratio", "interval",
+                                   "gie-unique-id", "cluster-mode")} == {
+        "gpu-id": "0", "net-scale-factor": "1.0", "offsets": "0;0;0", "model-color-format": "0",
+        "network-input-order": "1", "maintain-aspect-ratio": "1", "interval": "0",
+        "gie-unique-id": "1", "cluster-mode": "4"}
+    assert config["num-detected-classes"] == "4" and config["network-mode"] == "0"
     assert config["net-scale-factor"] == "1.0" and config["pre-cluster-threshold"] == "0.3"
     assert config["parse-bbox-func-name"] == "NvDsInferParseCustomEfficientDetTAO"
     assert "model-engine-file" not in config
+
+
+def test_deepstream_labels_name_the_channel_efficientnms_reports(exported):
+    """NvDsInferParseCustomEfficientDetTAO takes EfficientNMS_TRT's detection_classes as
+    the label index; those are logit channels (background_class -1), which the ONNX Runtime
+    graph reports as category id = channel + 1. A channel-0 detection must read line 0."""
+    result = exported["result"]
+    labels = result.labels_path.read_text().splitlines()
+    nms = next(n for n in onnx.load(str(result.trt_onnx_path)).graph.node
+               if n.op_type == trt_graph.PLUGIN_OP)
+    assert onnx.helper.get_attribute_value(
+        next(a for a in nms.attribute if a.name == "background_class")) == -1
+    names = {c["id"]: c["name"] for c in CATEGORIES}
+    assert labels[0] == names[1]  # channel 0: the first real class, not "background"
+    outputs = run_onnx(result.onnx_path, demo_images())
+    count = int(outputs["num_detections"][0].item())
+    categories = outputs["detection_classes"][0, :count]
+    assert count > 0
+    for category in categories:
+        assert labels[category - 1] == names[category]  # channel = category id - 1
 
 
 def test_class_names_fall_back_to_ids(tmp_path, caplog):

@@ -197,9 +197,7 @@ def test_criteria_unit_rules():
     depthwise[1, 1, 1, 0] = 2
     np.testing.assert_allclose(filter_norms(depthwise, depthwise=True), [0, 2])
     np.testing.assert_allclose(normalize(np.array([1.0, 2.0, 4.0]), "max"), [0.25, 0.5, 1])
-    # L2: divided by ||v|| / sqrt(len(v)), the RMS.
-    np.testing.assert_allclose(normalize(np.array([3.0, 4.0]), "L2"),
-                               np.array([3, 4]) / np.sqrt(12.5))
+    np.testing.assert_allclose(normalize(np.array([3.0, 4.0]), "L2"), [1.2, 1.6])
     a, b = np.array([0.2, 0.9, 0.5]), np.array([0.8, 0.1, 0.5])
     np.testing.assert_allclose(equalize([a, b], "union"), [0.8, 0.9, 0.5])
     np.testing.assert_allclose(equalize([a, b], "intersection"), [0.2, 0.1, 0.5])
@@ -211,6 +209,17 @@ def test_criteria_unit_rules():
     assert kept_count(stat, 0.99, 4, 3) == 4  # at least min_filters, then rounded up
     assert kept_count(stat, 0.1, 4, 16) == 10  # never above the original count
     np.testing.assert_array_equal(kept_indices(stat, 3), [1, 3, 8])  # original order
+
+
+def test_l2_normalizer_is_taos_and_a_threshold_keeps_taos_channels():
+    # TAO's normalize_stat (nvidia_tao_tf1/core/pruning/utils.py): stat / ||stat||_2 * len(stat).
+    stat = normalize(np.array([1.0, 2.0, 3.0, 4.0]), "L2")
+    np.testing.assert_allclose(stat, [0.73, 1.46, 2.19, 2.92], atol=0.005)
+    # TAO keeps the filters whose normalised statistic exceeds -pth: at 1.0 the last three
+    # (the RMS normaliser kept only two: [0.37, 0.73, 1.10, 1.46]).
+    count = kept_count(stat, 1.0, 1, 1)
+    assert count == 3
+    assert kept_indices(stat, count).tolist() == [1, 2, 3]
 
 
 @pytest.mark.parametrize("criterion", ["union", "intersection", "arithmetic_mean",

@@ -1,14 +1,18 @@
 """DeepStream `nvinfer` config and labels.txt for an exported model (TAO's DeepStream layout).
 
-The config follows deepstream_tao_apps' EfficientDet config: the graph normalises inside, so
+The config follows deepstream_tao_apps' EfficientDet config
+(configs/nvinfer/efficientdet_tao/pgie_d0_512_tao_config.txt): the graph normalises inside, so
 net-scale-factor 1 and zero offsets; RGB, NHWC input; the four TAO outputs parsed by
-NvDsInferParseCustomEfficientDetTAO from deepstream_tao_apps' libnvds_infercustomparser_tao.
+NvDsInferParseCustomEfficientDetTAO from deepstream_tao_apps' libnvds_infercustomparser_tao;
+cluster-mode 4 (no clustering: EfficientNMS_TRT already suppressed).
 It points at the TensorRT-flavoured ONNX (`onnx-file`): DeepStream cannot decrypt effdet's
 .etlt (its cipher is not TAO's). nvinfer pads maintain-aspect-ratio frames with black where
 training padded with the mean colour; the difference is confined to the padding.
 
-labels.txt: line i names category id i (DeepStream indexes labels by the parser's class id,
-and detection_classes are category ids), so line 0 is "background".
+labels.txt: line i names class channel i. The parser takes EfficientNMS_TRT's
+detection_classes as the class id, and those are 0-based logit channels (no background), so
+line 0 is category id 1, as in that repository's efficientdet_d0_512_labels.txt
+("person" first for COCO), and num-detected-classes is the channel count.
 """
 
 from __future__ import annotations
@@ -43,9 +47,9 @@ def class_names(num_classes: int, annotations_file: str | Path | None) -> list[s
     return [names.get(i, f"class_{i}") for i in range(num_classes)]
 
 
-def write_labels(directory: Path, names: Sequence[str]) -> Path:
+def write_labels(directory: Path, channel_names: Sequence[str]) -> Path:
     path = directory / LABELS_FILE
-    atomic_write_bytes(path, "".join(f"{name}\n" for name in names).encode())
+    atomic_write_bytes(path, "".join(f"{name}\n" for name in channel_names).encode())
     return path
 
 
@@ -81,7 +85,7 @@ def write_nvinfer_config(directory: Path, *, onnx_file: Path | None, image_size:
         "interval=0",
         "gie-unique-id=1",
         "network-type=0",
-        "cluster-mode=3",
+        "cluster-mode=4",
         f"output-blob-names={';'.join(OUTPUT_NAMES)}",
         f"parse-bbox-func-name={PARSER_FUNCTION}",
         f"custom-lib-path={PARSER_LIBRARY}",
@@ -97,6 +101,8 @@ def write_nvinfer_config(directory: Path, *, onnx_file: Path | None, image_size:
 
 def write_deepstream_files(directory: Path, labels: Sequence[str], **config: object
                            ) -> tuple[Path, Path]:
-    """labels.txt and nvinfer_config.txt in `directory`; `config` as `write_nvinfer_config`."""
-    return (write_labels(directory, labels),
-            write_nvinfer_config(directory, num_classes=len(labels), **config))
+    """labels.txt and nvinfer_config.txt in `directory`; `labels` as `class_names` (index =
+    category id, 0 = background), `config` as `write_nvinfer_config`."""
+    channels = list(labels[1:])
+    return (write_labels(directory, channels),
+            write_nvinfer_config(directory, num_classes=len(channels), **config))

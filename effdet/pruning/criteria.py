@@ -24,13 +24,14 @@ def filter_norms(kernel: np.ndarray, depthwise: bool = False) -> np.ndarray:
 
 
 def normalize(norms: np.ndarray, normalizer: str) -> np.ndarray:
-    """`max`: divide by the largest norm; `L2`: by the RMS of the norms, i.e. the L2 norm of
-    the vector scaled by 1/sqrt(length), as TAO does."""
+    """`max`: divide by the largest norm; `L2`: by the L2 norm of the vector, times its
+    length (TAO's `normalize_stat`, nvidia_tao_tf1/core/pruning/utils.py), so a `-pth` chosen
+    for TAO keeps the same channels here."""
     norms = np.asarray(norms, dtype=np.float64)
     if normalizer == "max":
         scale = norms.max(initial=0.0)
     elif normalizer == "L2":
-        scale = np.sqrt(np.mean(np.square(norms))) if norms.size else 0.0
+        scale = np.sqrt(np.sum(np.square(norms))) / norms.size if norms.size else 0.0
     else:
         raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
     return norms / scale if scale > 0 else np.zeros_like(norms)

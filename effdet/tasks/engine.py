@@ -6,7 +6,8 @@ Two kinds of engine, chosen by the engine file's suffix:
     quantised (effdet.export.quantize) with ranges calibrated on the same `calibration_batches`
     and cached in the calibration cache, as for TensorRT;
   * anything else (`.engine`, `.plan`, …): a serialized TensorRT (>= 10) engine, built with the
-    ONNX parser, one optimisation profile over batch 1..max_batch_size, fp16/int8 flags and
+    ONNX parser, one optimisation profile over batch min..opt..max (TAO's --min/opt/
+    max_batch_size), a workspace limit in GB (TAO's --max_workspace_size), fp16/int8 flags and
     an IInt8EntropyCalibrator2 fed by `calibration_batches` (the exported graph's own input
     preparation) that writes and reuses the calibration cache.
 TensorRT and the CUDA bindings are imported only here, so the rest of effdet runs without them.
@@ -34,6 +35,7 @@ log = logging.getLogger("effdet")
 DATA_TYPES = ("fp32", "fp16", "int8")
 ORT_ENGINE_SUFFIX = ".onnx"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+DEFAULT_WORKSPACE_GB = 2  # TAO's and tao_deploy's --max_workspace_size default
 
 
 class EngineUnavailable(EffdetError):
@@ -60,7 +62,9 @@ def gen_trt_engine(model_path: str | Path, key: str | None, engine_file: str | P
                    data_type: str = "fp32", cal_image_dir: str | Path | None = None,
                    cal_cache_file: str | Path | None = None, batch_size: int = 1,
                    batches: int = 10, max_batch_size: int = 1,
-                   max_workspace_size: int | None = None) -> Path:
+                   max_workspace_size: int = DEFAULT_WORKSPACE_GB, min_batch_size: int = 1,
+                   opt_batch_size: int | None = None,
+                   strict_type_constraints: bool = False) -> Path:
     """Build the engine for `model_path` into `engine_file`; returns `engine_file`.
 
     Next to a TensorRT engine go DeepStream's labels.txt and nvinfer_config.txt, from the
@@ -74,7 +78,9 @@ def gen_trt_engine(model_path: str | Path, key: str | None, engine_file: str | P
     build_engine(onnx_bytes, engine_file, data_type=data_type,
                  cal_image_dir=Path(cal_image_dir) if cal_image_dir else None,
                  cal_cache_file=cache, batch_size=batch_size, batches=batches,
-                 max_batch_size=max_batch_size, max_workspace_size=max_workspace_size)
+                 max_batch_size=max_batch_size, max_workspace_size=max_workspace_size,
+                 min_batch_size=min_batch_size, opt_batch_size=opt_batch_size,
+                 strict_type_constraints=strict_type_constraints)
     if engine_file.suffix != ORT_ENGINE_SUFFIX:
         write_engine_deepstream_files(onnx_bytes, engine_file, data_type=data_type,
                                       batch_size=max_batch_size, cal_cache_file=cache,
@@ -106,9 +112,16 @@ def write_engine_deepstream_files(onnx_bytes: bytes, engine_file: Path, *, data_
 def build_engine(onnx_bytes: bytes, engine_file: Path, *, data_type: str = "fp32",
                  cal_image_dir: Path | None = None, cal_cache_file: Path | None = None,
                  batch_size: int = 1, batches: int = 10, max_batch_size: int = 1,
-                 max_workspace_size: int | None = None) -> Path:
+                 max_workspace_size: int = DEFAULT_WORKSPACE_GB, min_batch_size: int = 1,
+                 opt_batch_size: int | None = None,
+                 strict_type_constraints: bool = False) -> Path:
     if data_type not in DATA_TYPES:
         raise EffdetError(f"data_type must be one of {DATA_TYPES}, got {data_type!r}")
+    opt_batch_size = opt_batch_size or max_batch_size
+    if not min_batch_size <= opt_batch_size <= max_batch_size:
+        raise EffdetError(f"batch sizes must satisfy min <= opt <= max, got --min_batch_size "
+                          f"{min_batch_size}, --opt_batch_size {opt_batch_size}, "
+                          f"--max_batch_size {max_batch_size}")
     if engine_file.suffix == ORT_ENGINE_SUFFIX:
         if data_type == "fp16":
             log.warning("ONNX Runtime engines on CPU run fp32 or int8; building fp32")
@@ -119,8 +132,10 @@ def build_engine(onnx_bytes: bytes, engine_file: Path, *, data_type: str = "fp32
     else:
         build_trt_engine(onnx_bytes, engine_file, data_type=data_type,
                          cal_image_dir=cal_image_dir, cal_cache_file=cal_cache_file,
-                         batch_size=batch_size, batches=batches, max_batch_size=max_batch_size,
-                         max_workspace_size=max_workspace_size)
+                         batch_size=batch_size, batches=batches,
+                         profile=(min_batch_size, opt_batch_size, max_batch_size),
+                         max_workspace_size=max_workspace_size,
+                         strict_type_constraints=strict_type_constraints)
     log.info("wrote %s", engine_file)
     return engine_file
 
@@ -221,7 +236,9 @@ def _import_tensorrt() -> Any:
 
 def build_trt_engine(onnx_bytes: bytes, engine_file: Path, *, data_type: str,
                      cal_image_dir: Path | None, cal_cache_file: Path | None, batch_size: int,
-                     batches: int, max_batch_size: int, max_workspace_size: int | None) -> None:
+                     batches: int, profile: tuple[int, int, int], max_workspace_size: int,
+                     strict_type_constraints: bool = False) -> None:
+    """`profile`: the (min, opt, max) batch sizes; `max_workspace_size` in GB."""
     trt = _import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")  # registers EfficientNMS_TRT
@@ -238,21 +255,21 @@ def build_trt_engine(onnx_bytes: bytes, engine_file: Path, *, data_type: str,
         raise EffdetError(f"TensorRT cannot parse the model: {errors}")
 
     config = builder.create_builder_config()
-    if max_workspace_size:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, max_workspace_size)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, max_workspace_size << 30)
     image = network.get_input(0)
     height, width = image.shape[1], image.shape[2]
-    profile = builder.create_optimization_profile()
-    profile.set_shape(image.name, (1, height, width, 3), (max_batch_size, height, width, 3),
-                      (max_batch_size, height, width, 3))
-    config.add_optimization_profile(profile)
+    shapes = builder.create_optimization_profile()
+    shapes.set_shape(image.name, *[(batch, height, width, 3) for batch in profile])
+    config.add_optimization_profile(shapes)
+    if strict_type_constraints:  # tao_deploy's builder flag for TensorRT >= 8.6
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
     if data_type == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
     if data_type == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = make_calibrator(trt, (height, width), cal_image_dir,
                                                  cal_cache_file, batch_size, batches)
-        config.set_calibration_profile(profile)
+        config.set_calibration_profile(shapes)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EffdetError("TensorRT could not build the engine (see the log above)")

@@ -27,7 +27,7 @@ from effdet.formats.etlt import write_etlt
 from effdet.model.saving import load_model
 from effdet.postprocess import NMS_IOU_THRESHOLD
 from effdet.spec import load_spec
-from effdet.tasks.engine import ORT_ENGINE_SUFFIX, build_engine
+from effdet.tasks.engine import DEFAULT_WORKSPACE_GB, ORT_ENGINE_SUFFIX, build_engine
 
 log = logging.getLogger("effdet")
 
@@ -57,7 +57,7 @@ def export(model_path: str | Path, experiment_spec: str | Path, output_path: str
            key: str, *, data_type: str = "fp32", force: bool = False,
            engine_file: str | Path | None = None, cal_image_dir: str | Path | None = None,
            cal_cache_file: str | Path | None = None, batch_size: int = 1, batches: int = 10,
-           max_batch_size: int = 1, max_workspace_size: int | None = None,
+           max_batch_size: int = 1, max_workspace_size: int = DEFAULT_WORKSPACE_GB,
            opset: int = onnx_graph.OPSET) -> ExportResult:
     """Export the .tlt at `model_path`; output_path defaults to it with the .etlt suffix."""
     model_path = Path(model_path)

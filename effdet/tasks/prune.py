@@ -18,6 +18,7 @@ from typing import Any
 
 from effdet.errors import EffdetError
 from effdet.formats.atomic import atomic_write_bytes
+from effdet.formats.status import STATUS_FILE
 from effdet.formats.tlt import read_tlt
 from effdet.model.complexity import conv_macs, trainable_params
 from effdet.model.efficientdet import build_efficientdet
@@ -46,7 +47,9 @@ def prune(model_path: str | Path, output_dir: str | Path, key: str,
     if not 0.0 <= settings.threshold <= 1.0:  # also refuses NaN
         raise EffdetError(f"-pth/--pruning_threshold must be in [0, 1] (normalised filter "
                           f"norms), got {settings.threshold:.6g}")
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+    # status.json is TAO's log of this very run (and of failed earlier ones), not an output.
+    if output_dir.exists() and (not output_dir.is_dir()
+                                or any(p.name != STATUS_FILE for p in output_dir.iterdir())):
         raise EffdetError(f"{output_dir}: output directory is not empty")
     contents = read_tlt(model_path, key)
     if "architecture" not in contents.manifest:

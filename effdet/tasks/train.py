@@ -7,11 +7,12 @@ input stream is a pure function of (seed, image index), so it restarts at the sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from effdet.errors import EffdetError
 from effdet.coco_metrics import json_ready
 from effdet.formats.atomic import atomic_write_bytes
 from effdet.formats.tlt import read_tlt
+from effdet.log import redact
 from effdet.losses import detection_loss
 from effdet.model.saving import (
     EMA, OPTIMIZER, WEIGHTS, Architecture, arrays_to_members, assign_arrays, members_to_arrays,
@@ -99,21 +101,26 @@ class TrainResult:
 
 
 def train(experiment_spec: Path, model_dir: Path, key: str, *, gpus: int = 1,
-          gpu_index: int | None = None, variant: Variant | None = None,
-          sync_bn: bool = False) -> TrainResult:
+          gpu_index: int | Sequence[int] | None = None, variant: Variant | None = None,
+          use_amp: bool = False, sync_bn: bool = False) -> TrainResult:
     """Train (or continue training) the experiment in `experiment_spec` into `model_dir`.
 
-    `variant` overrides the architecture table entry (tests use tiny networks); `sync_bn`
-    normalises with the global batch's statistics when there are several replicas.
+    `variant` overrides the architecture table entry (tests use tiny networks); `use_amp`
+    (TAO's --use_amp) turns training_config.amp on; `sync_bn` normalises with the global
+    batch's statistics when there are several replicas.
     """
     config = load_spec(experiment_spec)
+    if use_amp:
+        config = dataclasses.replace(config, training_config=dataclasses.replace(
+            config.training_config, amp=True))
     return Trainer(config, Path(model_dir), key, gpus=gpus, gpu_index=gpu_index,
                    variant=variant, sync_bn=sync_bn).run()
 
 
 class Trainer:
     def __init__(self, config: ExperimentConfig, model_dir: Path, key: str, *, gpus: int,
-                 gpu_index: int | None, variant: Variant | None, sync_bn: bool = False):
+                 gpu_index: int | Sequence[int] | None, variant: Variant | None,
+                 sync_bn: bool = False):
         self.config = config
         self.sync_bn = sync_bn
         self.training = config.training_config
@@ -126,6 +133,7 @@ class Trainer:
         self.steps = Steps.of(config)
         self.variant = variant or get_variant(config.model_config.model_name)
         self.eval_skip_reported = False
+        self.reports: TrainingLog | None = None
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -295,6 +303,14 @@ class Trainer:
         was_deterministic = tf_framework_config.is_op_determinism_enabled()
         try:
             return self._run()
+        except KeyboardInterrupt:
+            if self.reports is not None:
+                self.reports.status("FAILURE", "Training was interrupted")
+            raise
+        except Exception as exc:
+            if self.reports is not None:
+                self.reports.status("FAILURE", redact(str(exc)) or type(exc).__name__)
+            raise
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
             if was_deterministic:
@@ -308,10 +324,19 @@ class Trainer:
         self.arch = self.architecture()
         self.build(self.arch)
         resumed_from, step = self.restore()
+        if self.finished(step):
+            log.info("%s: training already finished at step %d; nothing to do",
+                     self.model_dir, step)
+            return TrainResult(self.model_dir / FINAL, step, step // self.steps.per_epoch,
+                               resumed_from, {})
+        if self.chief:
+            self.reports = TrainingLog(self.model_dir, self.training.num_epochs, resume_step=step)
+            self.reports.status("STARTED", "Starting EfficientDet training.")
         loop = self.make_loop()
         iterator = iter(self.dataset(step))
-        self.reports = (TrainingLog(self.model_dir, self.training.num_epochs, resume=step > 0)
-                        if self.chief else None)
+        if step % self.steps.per_epoch == 0 and self.evaluation_due(step):
+            self.evaluate(step // self.steps.per_epoch, step)  # the kill came during it
+        self.epoch_started = time.perf_counter()
         log.info("training %s: %d steps/epoch, %d epochs, global batch %d on %d replica(s)",
                  self.variant.name, self.steps.per_epoch, self.training.num_epochs,
                  self.global_batch, self.replicas)
@@ -336,7 +361,7 @@ class Trainer:
                 self.report(step, losses, images_done / seconds if seconds else 0.0)
                 images_done, seconds = 0, 0.0
             if step % self.steps.per_epoch == 0:
-                self.end_of_epoch(step // self.steps.per_epoch, step)
+                self.end_of_epoch(step // self.steps.per_epoch, step, losses["total_loss"])
         final = self.finish(step)
         if self.reports is not None:
             self.reports.close()
@@ -355,7 +380,6 @@ class Trainer:
                      losses["box_loss"], losses["reg_loss"], rate, images_per_second)
         kpi = {**losses, "learning_rate": rate, "images_per_second": images_per_second}
         self.reports.scalars(step, "train", kpi)
-        self.reports.status("RUNNING", "Training loop in progress", epoch=int(epoch), kpi=kpi)
 
     def manifest(self, step: int) -> dict[str, Any]:
         return {"epoch": step // self.steps.per_epoch, "step": step,
@@ -389,24 +413,50 @@ class Trainer:
                    ema=self.ema.arrays() if self.ema is not None else None,
                    extra_members=optimizer_state)
 
-    def end_of_epoch(self, epoch: int, step: int) -> None:
+    def end_of_epoch(self, epoch: int, step: int, loss: float) -> None:
         last = step >= self.steps.stop
+        if self.reports is not None:
+            now = time.perf_counter()
+            self.reports.epoch_status(epoch, now - self.epoch_started, loss,
+                                      float(self.schedule(step)))
+            self.epoch_started = now
         if self.chief and (epoch % self.training.checkpoint_period == 0 or last):
             path = checkpoint_path(self.model_dir, epoch)
             self.save(path, step, with_optimizer=True)
             for old in rotate(self.model_dir, self.training.keep_checkpoint_max):
                 log.info("removed old checkpoint %s", old.name)
             log.info("saved checkpoint %s", path)
-            self.reports.status("RUNNING", f"Saved checkpoint {path.name}", epoch=epoch)
-        after_training = last and self.config.eval_config.eval_after_training
-        if epoch % self.config.eval_config.eval_epoch_cycle == 0 and not after_training:
+        if self.evaluation_due(step):
             self.evaluate(epoch, step)
+
+    def evaluation_due(self, step: int) -> bool:
+        """The periodic evaluation at epoch boundary `step` has no metrics file yet: it is
+        ahead, or a kill interrupted it after the epoch's checkpoint was written."""
+        epoch = step // self.steps.per_epoch
+        after_training = step >= self.steps.stop and self.config.eval_config.eval_after_training
+        return (step > 0 and epoch % self.config.eval_config.eval_epoch_cycle == 0
+                and not after_training and not self.metrics_file(epoch).exists())
+
+    def metrics_file(self, epoch: int) -> Path:
+        return self.model_dir / "eval" / f"metrics.epoch-{epoch}.json"
+
+    def finished(self, step: int) -> bool:
+        """A rerun of a completed training: the final model and its last evaluation exist."""
+        if step < self.steps.stop or not (self.model_dir / FINAL).exists():
+            return False
+        final_eval = self.config.eval_config.eval_after_training and self.evaluation_possible()
+        return not final_eval or self.metrics_file(step // self.steps.per_epoch).exists()
+
+    def evaluation_possible(self) -> bool:
+        dataset = self.config.dataset_config
+        return bool(dataset.validation_file_pattern
+                    and Path(dataset.validation_json_file).is_file())
 
     def evaluate(self, epoch: int, step: int) -> None:
         if self.reports is None:
             return
         dataset = self.config.dataset_config
-        if not (dataset.validation_file_pattern and Path(dataset.validation_json_file).is_file()):
+        if not self.evaluation_possible():
             if not self.eval_skip_reported:
                 log.warning("no evaluation: dataset_config.validation_file_pattern or "
                             "validation_json_file ('%s') is missing", dataset.validation_json_file)
@@ -416,11 +466,10 @@ class Trainer:
 
         with self.ema_weights():
             metrics = evaluate_model(self.model, self.arch, self.config)
-        metrics_file = self.model_dir / "eval" / f"metrics.epoch-{epoch}.json"
-        atomic_write_bytes(metrics_file, json.dumps(json_ready(metrics), indent=2).encode())
-        headline = {k: float(metrics[k]) for k in ("AP", "AP50", "AP75")}
-        self.reports.scalars(step, "eval", headline)
-        self.reports.status("RUNNING", "Evaluation", epoch=epoch, kpi=headline)
+        self.reports.evaluation(step, metrics)
+        # Written last: its presence marks the evaluation as recorded (see evaluation_due).
+        atomic_write_bytes(self.metrics_file(epoch), json.dumps(json_ready(metrics),
+                                                                indent=2).encode())
 
     @contextmanager
     def ema_weights(self) -> Iterator[None]:
@@ -443,6 +492,5 @@ class Trainer:
         if self.config.eval_config.eval_after_training:
             self.evaluate(step // self.steps.per_epoch, step)
         if self.reports is not None:
-            self.reports.status("SUCCESS", "Training finished successfully.",
-                            epoch=step // self.steps.per_epoch)
+            self.reports.status("SUCCESS", "Training finished successfully.")
         return final

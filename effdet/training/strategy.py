@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
@@ -15,17 +16,20 @@ from effdet.errors import EffdetError
 log = logging.getLogger("effdet")
 
 
-def select_gpu(gpu_index: int | None) -> None:
-    """Restrict TensorFlow to one GPU (TAO's --gpu_index); a no-op on CPU-only machines."""
+def select_gpu(gpu_index: int | Sequence[int] | None) -> None:
+    """Restrict TensorFlow to the listed GPUs (TAO's --gpu_index); a no-op on CPU-only
+    machines."""
     if gpu_index is None:
         return
+    indices = [gpu_index] if isinstance(gpu_index, int) else list(gpu_index)
+    named = " ".join(map(str, indices))
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        log.warning("--gpu_index %d ignored: no GPU visible", gpu_index)
+        log.warning("--gpu_index %s ignored: no GPU visible", named)
         return
-    if not 0 <= gpu_index < len(gpus):
-        raise EffdetError(f"--gpu_index {gpu_index}: only {len(gpus)} GPU(s) visible")
-    tf.config.set_visible_devices(gpus[gpu_index], "GPU")
+    if not all(0 <= i < len(gpus) for i in indices):
+        raise EffdetError(f"--gpu_index {named}: only {len(gpus)} GPU(s) visible")
+    tf.config.set_visible_devices([gpus[i] for i in indices], "GPU")
 
 
 def _slurm_multi_task() -> bool:
@@ -69,7 +73,7 @@ def slurm_cluster_resolver() -> tf.distribute.cluster_resolver.ClusterResolver:
         num_accelerators={"GPU": 0}, rpc_layer=resolver.rpc_layer)
 
 
-def make_strategy(gpus: int, gpu_index: int | None = None) -> tf.distribute.Strategy:
+def make_strategy(gpus: int, gpu_index: int | Sequence[int] | None = None) -> tf.distribute.Strategy:
     """MultiWorkerMirrored from TF_CONFIG or Slurm (srun with several tasks), Mirrored for
     --gpus N > 1, otherwise the default single-device strategy."""
     if os.environ.get("TF_CONFIG"):
