@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import NoReturn
 from effdet import __version__
 from effdet.errors import EffdetError
 from effdet.key import KEY_ENV, resolve_key
+from effdet.lifecycle import Terminated, handle_termination
 from effdet.log import redact, register_secret, setup_logging
 
 log = logging.getLogger("effdet")
@@ -74,7 +76,7 @@ def _run_dataset_convert(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    key = resolve_key(args.key)
+    key = resolve_key(args.key, writes=True)
     from effdet.tasks.train import train
 
     train(Path(args.experiment_spec), Path(args.model_dir), key, gpus=args.gpus,
@@ -99,7 +101,7 @@ def _run_spec(args: argparse.Namespace) -> int:
 
 
 def _run_prune(args: argparse.Namespace) -> int:
-    key = resolve_key(args.key)
+    key = resolve_key(args.key, writes=True)
     from effdet.pruning.surgery import PruneSettings
     from effdet.tasks.prune import prune
     from effdet.training.strategy import select_gpu
@@ -144,12 +146,12 @@ def _run_inference(args: argparse.Namespace) -> int:
               Path(args.model_path), key,
               label_dir=Path(args.out_label_path) if args.out_label_path else None,
               label_map=Path(args.label_map) if args.label_map else None,
-              threshold=args.threshold, batch_size=args.batch_size)
+              threshold=args.threshold, batch_size=args.batch_size, force=args.force)
     return 0
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    key = resolve_key(args.key)
+    key = resolve_key(args.key, writes=True)
     from effdet.tasks.export import export
 
     export(Path(args.model_path), Path(args.experiment_spec),
@@ -265,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Draw detections and write KITTI labels.")
     inference.add_argument("-m", "--model_path", required=True,
                            help="model: .tlt, .onnx, .etlt or TensorRT .engine")
-    inference.add_argument("-i", "--in_image_path", required=True, help="input image directory")
+    inference.add_argument("-i", "--in_image_path", required=True,
+                           help="input image directory, or one image file")
     inference.add_argument("-o", "--out_image_path", required=True,
                            help="directory for the annotated images")
     _add_spec(inference)
@@ -278,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="minimum score drawn (default: eval_config.min_score_thresh)")
     inference.add_argument("--batch_size", type=_positive_int, default=1,
                            help="images per batch (default 1)")
+    inference.add_argument("--force", action="store_true",
+                           help="replace non-empty output directories")
     _add_runtime(inference)
     inference.set_defaults(run=_run_inference)
 
@@ -325,10 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     register_secret(os.environ.get(KEY_ENV, ""))
     register_secret(getattr(args, "key", None) or "")
     try:
+        handle_termination()
         setup_logging(getattr(args, "log_file", None), verbose=debug)
         return args.run(args)
     except EffdetError as exc:
         return _fail(str(exc), exc.exit_code, debug)
+    except Terminated:
+        return _fail("terminated (SIGTERM); finished outputs are kept, unfinished ones removed",
+                     128 + signal.SIGTERM, debug)
     except KeyboardInterrupt:
         return _fail("interrupted", 130, debug)
     except OSError as exc:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.workflow_support import copy_workflow, snakemake
+from tests.workflow_support import VENV_BIN, copy_workflow, env, snakemake
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +125,18 @@ def test_the_committed_config_and_a_coco_experiment_pass(workflow_copy, tmp_path
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     result = snakemake(root, "-n", "all", "--quiet", "rules")
     assert "dataset_convert" in result.stdout and "demo_data" not in result.stdout
+
+
+@pytest.mark.parametrize("key", ["", "short"])
+def test_empty_or_short_key_stops_before_any_job_touches_outputs(workflow_copy, key):
+    model = workflow_copy / "results" / "demo" / "train" / "model.tlt"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    model.write_bytes(b"an earlier run's model")
+    result = subprocess.run([str(VENV_BIN / "snakemake"), "--cores", "1", "all"],
+                            cwd=workflow_copy, env={**env(), "EFFDET_KEY": key},
+                            capture_output=True, text=True, timeout=300, check=False)
+    output = (result.stdout + result.stderr).splitlines()
+    errors = [line for line in output if line.startswith("config error: EFFDET_KEY:")]
+    assert result.returncode == 1 and len(errors) == 1, output
+    assert model.read_bytes() == b"an earlier run's model"
+    shutil.rmtree(workflow_copy / "results")

@@ -20,6 +20,7 @@ runtimes apply the user's threshold (eval_config.min_score_thresh) afterwards. P
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import keras
@@ -27,11 +28,16 @@ import numpy as np
 import onnx
 import tensorflow as tf
 
-from effdet import box_coder
 from effdet.anchors import Anchors, anchors_for
 from effdet.data.preprocess import MEAN_RGB, normalize_image, resize_and_pad
 from effdet.model.saving import Architecture
-from effdet.postprocess import NMS_IOU_THRESHOLD, PRE_NMS_TOPK, flatten_outputs
+from effdet.postprocess import (
+    NMS_IOU_THRESHOLD,
+    PRE_NMS_TOPK,
+    decode_clipped,
+    flatten_outputs,
+    mask_empty,
+)
 
 INPUT_NAME = "input"
 OUTPUT_NAMES = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
@@ -69,11 +75,12 @@ def detection_function(model: keras.Model, architecture: Architecture, *, max_de
     """The ONNX Runtime graph as a tf.function (combined NMS becomes ONNX NonMaxSuppression)."""
     anchors = anchors_for(architecture.model_config, architecture.image_size)
     num_classes = architecture.head_classes
-    height, width = architecture.image_size
 
     @tf.function(input_signature=_signature(architecture.image_size))
     def detect(images: tf.Tensor) -> dict[str, tf.Tensor]:
         logits, codes = _head(model, architecture, images)
+        all_boxes = decode_clipped(codes, anchors)
+        logits = mask_empty(logits, all_boxes)
         batch = tf.shape(logits)[0]
         num_anchors = int(anchors.boxes.shape[0])
         k = min(PRE_NMS_TOPK, num_anchors * num_classes)
@@ -82,10 +89,7 @@ def detection_function(model: keras.Model, architecture: Architecture, *, max_de
         # of those only: the same selection, from k x classes values instead of all of them.
         candidates = tf.math.top_k(tf.reduce_max(logits, axis=2), k=min(k, num_anchors)).indices
         logits = tf.gather(logits, candidates, batch_dims=1)
-        boxes = box_coder.decode(tf.gather(codes, candidates, batch_dims=1),
-                                 tf.gather(tf.constant(anchors.boxes), candidates))
-        boxes = tf.clip_by_value(boxes, 0.0, tf.constant([height, width, height, width],
-                                                         tf.float32))
+        boxes = tf.gather(all_boxes, candidates, batch_dims=1)
         # Zeroing the pairs below the k-th (under the score floor) keeps that selection
         # without gathering per class.
         flat = tf.reshape(logits, [batch, -1])
@@ -108,9 +112,14 @@ def detection_function(model: keras.Model, architecture: Architecture, *, max_de
 def head_function(model: keras.Model, architecture: Architecture) -> Callable[..., dict]:
     """The network without NMS: box codes [B, anchors, 4], class logits [B, anchors, classes]."""
 
+    anchors = anchors_for(architecture.model_config, architecture.image_size)
+
     @tf.function(input_signature=_signature(architecture.image_size))
     def head(images: tf.Tensor) -> dict[str, tf.Tensor]:
         logits, codes = _head(model, architecture, images)
+        # EfficientNMS_TRT decodes the codes itself; empty boxes are masked here, as in the
+        # ONNX Runtime graph, so they never reach its top-k either.
+        logits = mask_empty(logits, decode_clipped(codes, anchors))
         return {BOX_CODES: codes, CLASS_LOGITS: logits}
 
     return head
@@ -129,8 +138,54 @@ def to_onnx(function: Callable[..., dict], output_names: tuple[str, ...],
     model.graph.output.extend(ordered)
     for value in [*model.graph.input, *model.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    canonical_names(model)
     onnx.checker.check_model(model)
     return model
+
+
+_GENERATED = re.compile(r"(.*)__\d+(:\d+)?")
+
+
+def canonical_names(model: onnx.ModelProto) -> None:
+    """Renumber the names tf2onnx generates (`<base>__<n>`), in graph order, and sort the
+    initializers, so that the same model always exports to the same bytes.
+
+    tf2onnx takes <n> from a process-wide counter and its optimisers visit nodes in
+    hash-dependent orders: without this, two exports of one model differ in names and
+    initializer order, and DVC and Snakemake would see a change that is none.
+    """
+    mapping: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        match = _GENERATED.fullmatch(name)
+        if not match:
+            return name
+        if name not in mapping:
+            mapping[name] = f"{match.group(1)}__{len(mapping) + 1}{match.group(2) or ''}"
+        return mapping[name]
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for value in graph.input:
+            value.name = rename(value.name)
+        for node in graph.node:
+            node.name = rename(node.name)
+            node.input[:] = [rename(name) for name in node.input]
+            node.output[:] = [rename(name) for name in node.output]
+            for attribute in node.attribute:
+                for subgraph in [attribute.g, *attribute.graphs]:
+                    visit(subgraph)
+        for value in [*graph.output, *graph.value_info]:
+            value.name = rename(value.name)
+        for tensor in graph.initializer:
+            tensor.name = rename(tensor.name)
+        ordered = sorted(graph.initializer, key=lambda tensor: tensor.name)
+        del graph.initializer[:]
+        graph.initializer.extend(ordered)
+        values = sorted(graph.value_info, key=lambda value: value.name)
+        del graph.value_info[:]
+        graph.value_info.extend(values)
+
+    visit(model.graph)
 
 
 def anchors_center_size(anchors: Anchors) -> np.ndarray:
