@@ -143,49 +143,59 @@ def to_onnx(function: Callable[..., dict], output_names: tuple[str, ...],
     return model
 
 
-_GENERATED = re.compile(r"(.*)__\d+(:\d+)?")
-
-
 def canonical_names(model: onnx.ModelProto) -> None:
-    """Renumber the names tf2onnx generates (`<base>__<n>`), in graph order, and sort the
-    initializers, so that the same model always exports to the same bytes.
+    """Name every node and inner tensor after its place in the graph, and order the
+    initializers by first use, so that the same model always exports to the same bytes.
 
-    tf2onnx takes <n> from a process-wide counter and its optimisers visit nodes in
-    hash-dependent orders: without this, two exports of one model differ in names and
-    initializer order, and DVC and Snakemake would see a change that is none.
+    tf2onnx numbers the names it makes from a process-wide counter, and when it merges equal
+    constants or nodes the surviving name depends on Python's hash order: two exports of one
+    model differed in names and initializer order, and DVC and Snakemake saw a change that was
+    none. The graph's inputs and outputs keep their names (runtimes look them up).
     """
-    mapping: dict[str, str] = {}
+    _canonical_graph(model.graph, "", {})
 
-    def rename(name: str) -> str:
-        match = _GENERATED.fullmatch(name)
-        if not match:
-            return name
-        if name not in mapping:
-            mapping[name] = f"{match.group(1)}__{len(mapping) + 1}{match.group(2) or ''}"
-        return mapping[name]
 
-    def visit(graph: onnx.GraphProto) -> None:
-        for value in graph.input:
-            value.name = rename(value.name)
-        for node in graph.node:
-            node.name = rename(node.name)
-            node.input[:] = [rename(name) for name in node.input]
-            node.output[:] = [rename(name) for name in node.output]
-            for attribute in node.attribute:
-                for subgraph in [attribute.g, *attribute.graphs]:
-                    visit(subgraph)
-        for value in [*graph.output, *graph.value_info]:
-            value.name = rename(value.name)
-        for tensor in graph.initializer:
-            tensor.name = rename(tensor.name)
-        ordered = sorted(graph.initializer, key=lambda tensor: tensor.name)
-        del graph.initializer[:]
-        graph.initializer.extend(ordered)
-        values = sorted(graph.value_info, key=lambda value: value.name)
-        del graph.value_info[:]
-        graph.value_info.extend(values)
-
-    visit(model.graph)
+def _canonical_graph(graph: onnx.GraphProto, prefix: str, outer: dict[str, str]) -> None:
+    graph.doc_string = ""  # tf2onnx writes the traced function's numbered name here
+    names = dict(outer)  # a subgraph sees the enclosing graph's names
+    keep = prefix == ""  # the model's own inputs and outputs keep their names
+    for j, value in enumerate(graph.input):
+        names[value.name] = value.name if keep else f"{prefix}input_{j}"
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    order: list[str] = []
+    for node in graph.node:
+        for name in node.input:
+            if name in initializers and name not in order:
+                order.append(name)
+    order += [name for name in initializers if name not in order]
+    for k, name in enumerate(order):
+        names[name] = f"{prefix}const_{k}"
+    for i, node in enumerate(graph.node):
+        node.name = f"{prefix}{node.op_type}_{i}"
+        for j, name in enumerate(node.output):
+            if name:
+                names[name] = f"{node.name}:{j}"
+    if keep:
+        names.update({value.name: value.name for value in graph.output})
+    for node in graph.node:
+        node.input[:] = [names.get(name, name) for name in node.input]
+        node.output[:] = [names.get(name, name) for name in node.output]
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                _canonical_graph(attribute.g, f"{node.name}/{attribute.name}/", names)
+            for g, subgraph in enumerate(attribute.graphs):
+                _canonical_graph(subgraph, f"{node.name}/{attribute.name}_{g}/", names)
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.name = names.get(value.name, value.name)
+    position = {names[name]: k for k, name in enumerate(order)}
+    for tensor in graph.initializer:
+        tensor.name = names[tensor.name]
+    tensors = sorted(graph.initializer, key=lambda tensor: position[tensor.name])
+    del graph.initializer[:]
+    graph.initializer.extend(tensors)
+    values = sorted(graph.value_info, key=lambda value: value.name)
+    del graph.value_info[:]
+    graph.value_info.extend(values)
 
 
 def anchors_center_size(anchors: Anchors) -> np.ndarray:

@@ -107,7 +107,7 @@ def inference(image_path: Path, output_dir: Path, experiment_spec: Path, model_p
         for temp in temps.values():
             shutil.rmtree(temp, ignore_errors=True)
     log.info("wrote %d annotated images to %s (%d detections)%s", written, output_dir, total,
-             f"; skipped {len(skipped)} unreadable" if skipped else "")
+             f"; skipped {len(skipped)} unreadable or oversized" if skipped else "")
     return InferenceSummary(written, skipped, total, output_dir, label_dir)
 
 
