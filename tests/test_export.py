@@ -22,7 +22,7 @@ from effdet.export import deepstream, onnx_graph, trt_graph
 from effdet.formats.etlt import read_etlt
 from effdet.model.saving import Architecture, save_model
 from effdet.model.variants import get_variant
-from effdet.postprocess import postprocess
+from effdet.postprocess import EMPTY_LOGIT, decode_clipped, flatten_outputs, postprocess
 from effdet.spec.config import ModelConfig
 from effdet.tasks.export import export
 
@@ -156,6 +156,9 @@ def test_onnx_passes_checker_and_matches_keras_with_hard_nms(exported):
     assert got["detection_classes"].dtype == np.int32
     assert_same_detections(got, keras_detections(exported["ema_model"],
                                                  exported["architecture"], images))
+    for b, (count,) in enumerate(got["num_detections"]):  # boxes with no area are dropped
+        boxes = got["detection_boxes"][b, :count]
+        assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
     # Dynamic batch: one image alone gives its row of the batch.
     single = run_onnx(path, images[1:])
     np.testing.assert_allclose(single["detection_scores"][0], got["detection_scores"][1],
@@ -254,10 +257,13 @@ def test_tensorrt_graph_has_the_efficient_nms_plugin(exported):
     got_codes, got_logits = session.run(None, {onnx_graph.INPUT_NAME: images.numpy()})
     class_outputs, box_outputs = exported["ema_model"](normalize_image(images), training=False)
     assert got_logits.shape == (2, anchors.boxes.shape[0], 4)
-    np.testing.assert_allclose(got_logits[:, :16 * 16 * 9].reshape(2, 16, 16, 36),
-                               class_outputs[0].numpy(), atol=1e-4)
-    np.testing.assert_allclose(got_codes[:, :16 * 16 * 9].reshape(2, 16, 16, 36),
-                               box_outputs[0].numpy(), atol=1e-4)
+    keras_logits, keras_codes = flatten_outputs(class_outputs, box_outputs, 4)
+    np.testing.assert_allclose(got_codes, keras_codes.numpy(), atol=1e-4)
+    # Anchors whose box is empty once clipped to the input never reach the plugin's top-k.
+    boxes = decode_clipped(tf.constant(got_codes), anchors).numpy()
+    empty = (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])
+    assert (got_logits[empty] == EMPTY_LOGIT).all()
+    np.testing.assert_allclose(got_logits[~empty], keras_logits.numpy()[~empty], atol=1e-4)
 
 
 def test_deepstream_files_next_to_the_etlt(exported):

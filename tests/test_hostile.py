@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from PIL import Image
+from test_export import tiny_architecture
 from test_runtimes import KEY, save_tiny_tlt
 
 from effdet.anchors import anchors_for
@@ -24,7 +25,8 @@ from effdet.formats import atomic, crypto
 from effdet.formats.crypto import DecryptionError, decrypt, encrypt
 from effdet.key import MIN_KEY_LENGTH, resolve_key
 from effdet.log import redact, register_secret
-from effdet.postprocess import postprocess
+from effdet.export import onnx_graph
+from effdet.postprocess import EMPTY_LOGIT, postprocess
 from effdet.runtimes.base import Detections, to_original
 from effdet.spec.config import ModelConfig
 from effdet.tasks.inference import inference, label_file_names
@@ -194,6 +196,19 @@ def test_boxes_without_area_never_become_detections():
     out = postprocess(cls_out, box_out, anchors, 4, max_detections=5, min_score=0.3,
                       nms_method="hard")
     assert out["num_detections"].numpy()[0, 0] == 2
+
+
+def test_tensorrt_head_masks_anchors_whose_box_is_empty():
+    architecture = tiny_architecture()
+    model = architecture.build()
+    for variable in model.weights:
+        if variable.path == "box_net_predict/bias":  # ty = 40: every box far below the input
+            bias = np.zeros(variable.shape, np.float32)
+            bias[0::4] = 40.0
+            variable.assign(bias)
+    outputs = onnx_graph.head_function(model, architecture)(tf.fill([1, 128, 128, 3], 100.0))
+    logits = outputs[onnx_graph.CLASS_LOGITS].numpy()
+    assert (logits == EMPTY_LOGIT).all()
 
 
 def test_exported_runtimes_drop_boxes_that_clip_to_nothing():

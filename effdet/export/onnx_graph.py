@@ -130,6 +130,10 @@ def to_onnx(function: Callable[..., dict], output_names: tuple[str, ...],
     """Convert with tf2onnx and give the outputs our order and the batch axis a name."""
     import tf2onnx
 
+    # tf2onnx numbers the nodes it makes from a process-wide counter, and its optimisers visit
+    # nodes in the order of those names: a second export in one process otherwise optimises
+    # the graph differently (as a fresh process would not).
+    tf2onnx.utils.INTERNAL_NAME = 1
     model, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature,
                                              opset=opset)
     by_name = {o.name: o for o in model.graph.output}
@@ -148,9 +152,9 @@ def canonical_names(model: onnx.ModelProto) -> None:
     initializers by first use, so that the same model always exports to the same bytes.
 
     tf2onnx numbers the names it makes from a process-wide counter, and when it merges equal
-    constants or nodes the surviving name depends on Python's hash order: two exports of one
-    model differed in names and initializer order, and DVC and Snakemake saw a change that was
-    none. The graph's inputs and outputs keep their names (runtimes look them up).
+    constants or nodes the surviving name is whichever it met first: two exports of one model
+    differed in names and initializer order, and DVC and Snakemake saw a change that was none.
+    The graph's inputs and outputs keep their names (runtimes look them up).
     """
     _canonical_graph(model.graph, "", {})
 
