@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from effdet import __version__
 from effdet.errors import EffdetError
 from effdet.formats.status import coco_kpi, task_status
 from effdet.key import KEY_ENV, resolve_key
+from effdet.lifecycle import Terminated, handle_termination
 from effdet.log import redact, register_secret, setup_logging
 
 log = logging.getLogger("effdet")
@@ -120,7 +122,7 @@ def _run_dataset_convert(args: argparse.Namespace) -> int:
 
 def _run_train(args: argparse.Namespace) -> int:
     _check_runtime(args, multi_gpu=True)
-    key = resolve_key(args.key)
+    key = resolve_key(args.key, writes=True)
     from effdet.tasks.train import train
 
     train(Path(args.experiment_spec), Path(args.model_dir), key, gpus=args.gpus,
@@ -146,7 +148,7 @@ def _run_spec(args: argparse.Namespace) -> int:
 
 def _run_prune(args: argparse.Namespace) -> int:
     _check_runtime(args)
-    key = resolve_key(args.key)
+    key = resolve_key(args.key, writes=True)
     from effdet.pruning.surgery import PruneSettings
     from effdet.tasks.prune import prune
     from effdet.training.strategy import select_gpu
@@ -219,13 +221,14 @@ def _run_inference(args: argparse.Namespace) -> int:
         inference(Path(args.in_image_path), images, Path(args.experiment_spec),
                   Path(args.model_path), key, label_dir=labels,
                   label_map=Path(args.label_map) if args.label_map else None,
-                  threshold=args.threshold, batch_size=args.batch_size)
+                  threshold=args.threshold, batch_size=args.batch_size,
+                  force=args.force)
     return 0
 
 
 def _run_export(args: argparse.Namespace) -> int:
     _check_runtime(args)
-    key = resolve_key(args.key)
+    key = resolve_key(args.key, writes=True)
     from effdet.tasks.export import export
 
     output = Path(args.output_path) if args.output_path else None
@@ -371,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     inference.add_argument("-m", "--model_path", required=True,
                            help="model: .tlt, .onnx, .etlt or TensorRT .engine")
     inference.add_argument("-i", "--in_image_path", "--image_dir", dest="in_image_path",
-                           required=True, help="input image directory")
+                           required=True, help="input image directory, or one image file")
     inference.add_argument("-o", "--out_image_path", default=None,
                            help="directory for the annotated images (default: "
                            "-r/images_annotated)")
@@ -387,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="minimum score drawn (default: eval_config.min_score_thresh)")
     inference.add_argument("--batch_size", type=_positive_int, default=1,
                            help="images per batch (default 1)")
+    inference.add_argument("--force", action="store_true",
+                           help="replace non-empty output directories")
     _add_runtime(inference)
     inference.set_defaults(run=_run_inference)
 
@@ -442,10 +447,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     register_secret(os.environ.get(KEY_ENV, ""))
     register_secret(getattr(args, "key", None) or "")
     try:
+        handle_termination()
         setup_logging(getattr(args, "log_file", None), verbose=debug)
         return args.run(args)
     except EffdetError as exc:
         return _fail(str(exc), exc.exit_code, debug)
+    except Terminated:
+        return _fail("terminated (SIGTERM); finished outputs are kept, unfinished ones removed",
+                     128 + signal.SIGTERM, debug)
     except KeyboardInterrupt:
         return _fail("interrupted", 130, debug)
     except OSError as exc:

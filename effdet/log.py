@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ class SecretFilter(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.secrets: set[str] = set()
+        self.pattern: re.Pattern[str] | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
@@ -36,14 +38,19 @@ _secret_filter = SecretFilter()
 
 def register_secret(value: str) -> None:
     """Never let `value` reach a log line."""
-    if value:
+    if value and value not in _secret_filter.secrets:
         _secret_filter.secrets.add(value)
+        # Whole tokens only (not inside a longer run of letters, digits or _), so a short key
+        # such as "k" leaves the words around it alone. Longest first: a key that contains
+        # another is replaced whole.
+        alternatives = "|".join(re.escape(s) for s in sorted(_secret_filter.secrets, key=len,
+                                                              reverse=True))
+        _secret_filter.pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
 
 
 def redact(text: str) -> str:
-    for secret in _secret_filter.secrets:
-        text = text.replace(secret, _REDACTED)
-    return text
+    pattern = _secret_filter.pattern
+    return pattern.sub(_REDACTED, text) if pattern is not None else text
 
 
 def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> logging.Logger:

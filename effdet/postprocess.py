@@ -17,6 +17,9 @@ PRE_NMS_TOPK = 5000
 NMS_IOU_THRESHOLD = 0.5
 SOFT_NMS_SIGMA = 0.5
 NMS_METHODS = ("hard", "gaussian")
+# The logit given to anchors whose box is empty: sigmoid() of it is exactly 0, under any score
+# floor, and it stays finite for ONNX Runtime and TensorRT.
+EMPTY_LOGIT = -1e9
 
 
 def flatten_outputs(class_outputs: Sequence[tf.Tensor], box_outputs: Sequence[tf.Tensor],
@@ -28,6 +31,38 @@ def flatten_outputs(class_outputs: Sequence[tf.Tensor], box_outputs: Sequence[tf
     codes = tf.concat([tf.reshape(tf.cast(b, tf.float32), [batch, -1, 4]) for b in box_outputs],
                       axis=1)
     return logits, codes
+
+
+def decode_clipped(codes: tf.Tensor, anchors: Anchors) -> tf.Tensor:
+    """Box codes [B, N, 4] of every anchor -> boxes [B, N, 4] clipped to the network input."""
+    height, width = anchors.image_size
+    boxes = box_coder.decode(codes, tf.constant(anchors.boxes))
+    return tf.clip_by_value(boxes, 0.0, tf.constant([height, width, height, width], tf.float32))
+
+
+def mask_empty(logits: tf.Tensor, boxes: tf.Tensor) -> tf.Tensor:
+    """Logits [B, N, C] with anchors whose box [B, N, 4] has no area set to EMPTY_LOGIT.
+
+    Such boxes lie outside the network input (clipped to its edge): dropped before top-k and
+    NMS, they can neither take a detection slot nor suppress a real box.
+    """
+    empty = (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])
+    return tf.where(empty[..., None], tf.constant(EMPTY_LOGIT, logits.dtype), logits)
+
+
+def _drop_empty(boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor,
+                counts: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Remove detections left with no area by clipping to the image (boxes in the padding),
+    keeping the others' order and the zero padding after them."""
+    slots = tf.range(tf.shape(scores)[1])[None, :]
+    keep = ((slots < counts[:, None]) & (boxes[..., 2] > boxes[..., 0])
+            & (boxes[..., 3] > boxes[..., 1]))
+    order = tf.argsort(tf.cast(~keep, tf.int32), axis=1, stable=True)
+    kept = tf.gather(keep, order, batch_dims=1)
+    boxes = tf.gather(boxes, order, batch_dims=1) * tf.cast(kept, tf.float32)[..., None]
+    scores = tf.gather(scores, order, batch_dims=1) * tf.cast(kept, tf.float32)
+    classes = tf.gather(classes, order, batch_dims=1) * tf.cast(kept, tf.int32)
+    return boxes, scores, classes, tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)
 
 
 def _suppression_weights(iou: tf.Tensor, same_class: tf.Tensor, method: str,
@@ -100,19 +135,19 @@ def postprocess(class_outputs: Sequence[tf.Tensor], box_outputs: Sequence[tf.Ten
     Returns "num_detections" [B, 1] int32, "detection_boxes" [B, D, 4] float32 pixels
     [ymin, xmin, ymax, xmax], "detection_scores" [B, D] float32 and "detection_classes"
     [B, D] int32 label ids (head channel + 1); entries past num_detections are zero.
+    Boxes without area never appear: in the network input they are dropped before top-k,
+    once clipped to image_sizes after NMS.
     """
     logits, codes = flatten_outputs(class_outputs, box_outputs, num_classes)
+    all_boxes = decode_clipped(codes, anchors)
+    logits = mask_empty(logits, all_boxes)
     batch = tf.shape(logits)[0]
     flat = tf.reshape(logits, [batch, -1])
     k = min(pre_nms_topk, int(anchors.boxes.shape[0]) * num_classes)
     top_logits, top_index = tf.math.top_k(flat, k=k, sorted=False)
     anchor_index = top_index // num_classes
     classes = top_index % num_classes + 1
-
-    anchor_boxes = tf.gather(tf.constant(anchors.boxes), anchor_index)  # [B, k, 4]
-    boxes = box_coder.decode(tf.gather(codes, anchor_index, batch_dims=1), anchor_boxes)
-    height, width = anchors.image_size
-    boxes = tf.clip_by_value(boxes, 0.0, tf.constant([height, width, height, width], tf.float32))
+    boxes = tf.gather(all_boxes, anchor_index, batch_dims=1)  # [B, k, 4]
 
     boxes, scores, classes, counts = batched_nms(
         boxes, tf.sigmoid(top_logits), classes, max_detections, min_score, nms_method,
@@ -124,6 +159,7 @@ def postprocess(class_outputs: Sequence[tf.Tensor], box_outputs: Sequence[tf.Ten
     if image_sizes is not None:
         size = tf.cast(image_sizes, tf.float32)
         boxes = tf.minimum(boxes, tf.tile(size, [1, 2])[:, None, :])
+        boxes, scores, classes, counts = _drop_empty(boxes, scores, classes, counts)
     return {"num_detections": counts[:, None], "detection_boxes": boxes,
             "detection_scores": scores, "detection_classes": classes}
 

@@ -1,5 +1,20 @@
 # Helpers shared by the rules: which experiment is which, what `all` builds, GPU requests.
 # The configuration was checked by rules/config.smk before this file is read.
+import os
+import socket
+
+from effdet.key import KEY_ENV, MIN_KEY_LENGTH
+from effdet.lifecycle import PARENT_ENV
+
+# `envvars:` only asks that the variable exists: an empty or short key would pass it and fail
+# in the first job, after Snakemake has already removed that job's old outputs.
+if not os.environ.get(KEY_ENV):
+    config_error(KEY_ENV, "empty: set the model key in the environment (never on a command line)")
+if len(os.environ[KEY_ENV]) < MIN_KEY_LENGTH:
+    config_error(KEY_ENV, f"the model key needs at least {MIN_KEY_LENGTH} characters")
+
+# Jobs end when this Snakemake process dies, even by kill -9 (effdet/lifecycle.py).
+os.environ[PARENT_ENV] = f"{socket.gethostname()}:{os.getpid()}"
 
 EXPERIMENTS = config["experiments"]
 SPLITS = ["train", "val"]

@@ -182,6 +182,9 @@ def test_bad_model_paths(tmp_path):
 def test_engine_without_tensorrt_is_exit_2(tmp_path):
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
+    with pytest.raises(EffdetError, match="m.engine: file not found"):
+        open_detector(tmp_path / "m.engine", None, config())
+    (tmp_path / "m.engine").write_bytes(b"an engine from a GPU machine")
     with pytest.raises(EffdetError, match="TensorRT") as error:
         open_detector(tmp_path / "m.engine", None, config())
     assert error.value.exit_code == 2
@@ -234,6 +237,7 @@ def test_cli_onnx_needs_no_key(models, tmp_path):
 def test_cli_engine_without_tensorrt_one_line_exit_2(tmp_path):
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
+    (tmp_path / "m.engine").write_bytes(b"an engine from a GPU machine")
     result = run_inference_cli(tmp_path, tmp_path / "m.engine", "-k", "Secret-Engine-Key-1")
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]

@@ -14,7 +14,7 @@ from effdet.model.saving import (
 from effdet.model.variants import get_variant
 from effdet.spec.config import ModelConfig
 
-KEY = "k"
+KEY = "saving-test-key"
 TINY = dict(fpn_num_filters=16, fpn_cell_repeats=1, box_class_repeats=1, width_coefficient=0.25,
             depth_coefficient=0.25)
 

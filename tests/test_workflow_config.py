@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.workflow_support import copy_workflow, run, snakemake
+from tests.workflow_support import VENV_BIN, copy_workflow, env, run, snakemake
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +159,18 @@ def test_pretrained_weights_are_an_input_of_train_for_snakemake_and_dvc(workflow
     # make_dvc_yaml.py takes each stage's deps from the Snakemake job's input files.
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     assert "weights/efficientnet_b0.hdf5" in stages["demo-train"]["deps"]
+
+
+@pytest.mark.parametrize("key", ["", "short"])
+def test_empty_or_short_key_stops_before_any_job_touches_outputs(workflow_copy, key):
+    model = workflow_copy / "results" / "demo" / "train" / "model.tlt"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    model.write_bytes(b"an earlier run's model")
+    result = subprocess.run([str(VENV_BIN / "snakemake"), "--cores", "1", "all"],
+                            cwd=workflow_copy, env={**env(), "EFFDET_KEY": key},
+                            capture_output=True, text=True, timeout=300, check=False)
+    output = (result.stdout + result.stderr).splitlines()
+    errors = [line for line in output if line.startswith("config error: EFFDET_KEY:")]
+    assert result.returncode == 1 and len(errors) == 1, output
+    assert model.read_bytes() == b"an earlier run's model"
+    shutil.rmtree(workflow_copy / "results")

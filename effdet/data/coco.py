@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,10 +127,20 @@ def _images(entries: list[Any], problems: list[str]) -> list[CocoImage]:
             )
         elif im["id"] in ids:
             problems.append(f"image {im['id']} '{im['file_name']}': duplicate id")
+        elif _escapes(im["file_name"]):
+            problems.append(f"image {im['id']} '{im['file_name']}': file_name must be a path "
+                            "inside the image directory (no absolute path, no '..' out of it)")
         else:
             ids.add(im["id"])
             images.append(CocoImage(im["id"], im["file_name"], im["width"], im["height"]))
     return images
+
+
+def _escapes(file_name: str) -> bool:
+    """Whether joining `file_name` to the image directory could leave it (checked on the
+    text: a symbolic link inside the folder is the user's own choice)."""
+    normal = posixpath.normpath(file_name.replace("\\", "/"))
+    return posixpath.isabs(normal) or normal == ".." or normal.startswith("../")
 
 
 def _annotation_problem(

@@ -23,6 +23,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from effdet.data.shards import ShardWriter
 from effdet.data.tfexample import bytes_feature, float_feature, int64_feature, serialize_example
 from effdet.data.tfrecord import frame_record
 from effdet.errors import EffdetError
+from effdet.lifecycle import die_with_parent
 
 log = logging.getLogger("effdet")
 
@@ -178,8 +180,17 @@ def _mapper(workers: int, n: int) -> Iterator[Mapper]:
     mp = multiprocessing.get_context("forkserver")
     mp.set_forkserver_preload([__name__])
     chunksize = max(1, min(16, n // (8 * workers)))
-    with mp.Pool(workers) as pool:
+    with mp.Pool(workers, initializer=_worker_start) as pool:
         yield partial(pool.imap, chunksize=chunksize)
+
+
+def _worker_start() -> None:
+    """Ctrl-C reaches the whole process group: only the parent reports it (one line), the
+    workers ignore it and end when the pool does. A worker whose forkserver is gone (the
+    parent was killed) is killed too instead of lingering. SIGTERM keeps its default, a quiet
+    exit, which is also how Pool.terminate stops the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
 
 
 def _convert_one(context: _Context, task: Task) -> _Result:

@@ -17,7 +17,9 @@ are decoded fully.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -25,6 +27,9 @@ from PIL import Image, UnidentifiedImageError
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 _PNG_RGB8 = (8, 2)  # IHDR (bit depth, colour type) of an 8-bit truecolour PNG
+# Checked on the header's size before decoding (PIL itself only warns below twice this): a
+# small, highly compressed file can otherwise expand to gigabytes. PIL's own warning level.
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 class ImageProblem(ValueError):
@@ -42,8 +47,11 @@ class PreparedImage:
 def prepare_image(data: bytes) -> PreparedImage:
     """Check `data` decodes completely; return it, or its RGB PNG re-encoding."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = open_image(io.BytesIO(data))
         fmt, (width, height) = image.format, image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ImageProblem(f"{width}x{height} pixels is over the {MAX_IMAGE_PIXELS}-pixel "
+                               "limit")
         if fmt == "JPEG" and image.mode == "RGB":
             _check_jpeg_markers(data)
             image.draft("RGB", (width // 8, height // 8))
@@ -65,6 +73,14 @@ def prepare_image(data: bytes) -> PreparedImage:
     out = io.BytesIO()
     _to_rgb(image).save(out, format="PNG")
     return PreparedImage(out.getvalue(), "png", width, height)
+
+
+def open_image(source: str | Path | io.BytesIO) -> Image.Image:
+    """Image.open without PIL's decompression-bomb warning: callers check the size against
+    MAX_IMAGE_PIXELS (PIL's warning level) themselves, with a one-line message."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(source)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from types import TracebackType
 
+from effdet.formats.atomic import remove_stale_temps, writing
+
 
 def shard_name(tag: str, index: int, count: int) -> str:
     return f"{tag}-{index:05d}-of-{count:05d}.tfrecord"
@@ -29,6 +31,9 @@ class ShardWriter:
         self._committed = False
 
     def __enter__(self) -> ShardWriter:
+        # What a killed run left: its shards' and warnings file's temporaries.
+        remove_stale_temps(self._dir, re.escape(self._tag)
+                           + r"(?:-\d{5}-of-\d{5}\.tfrecord|_warnings\.json)")
         for temp in self._temps:
             temp.write_bytes(b"")
         return self
@@ -36,7 +41,7 @@ class ShardWriter:
     def append(self, shard: int, record: bytes) -> None:
         # Opened per record: shards interleave, and holding one descriptor per shard
         # (up to --num_shards of them) could exceed the process's file limit.
-        with open(self._temps[shard], "ab") as f:
+        with writing(self.paths[shard]), open(self._temps[shard], "ab") as f:
             f.write(record)
 
     def commit(self) -> None:

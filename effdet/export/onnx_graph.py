@@ -20,6 +20,7 @@ runtimes apply the user's threshold (eval_config.min_score_thresh) afterwards. P
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import keras
@@ -27,11 +28,16 @@ import numpy as np
 import onnx
 import tensorflow as tf
 
-from effdet import box_coder
 from effdet.anchors import Anchors, anchors_for
 from effdet.data.preprocess import MEAN_RGB, normalize_image, resize_and_pad
 from effdet.model.saving import Architecture
-from effdet.postprocess import NMS_IOU_THRESHOLD, PRE_NMS_TOPK, flatten_outputs
+from effdet.postprocess import (
+    NMS_IOU_THRESHOLD,
+    PRE_NMS_TOPK,
+    decode_clipped,
+    flatten_outputs,
+    mask_empty,
+)
 
 INPUT_NAME = "input"
 OUTPUT_NAMES = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
@@ -69,11 +75,12 @@ def detection_function(model: keras.Model, architecture: Architecture, *, max_de
     """The ONNX Runtime graph as a tf.function (combined NMS becomes ONNX NonMaxSuppression)."""
     anchors = anchors_for(architecture.model_config, architecture.image_size)
     num_classes = architecture.head_classes
-    height, width = architecture.image_size
 
     @tf.function(input_signature=_signature(architecture.image_size))
     def detect(images: tf.Tensor) -> dict[str, tf.Tensor]:
         logits, codes = _head(model, architecture, images)
+        all_boxes = decode_clipped(codes, anchors)
+        logits = mask_empty(logits, all_boxes)
         batch = tf.shape(logits)[0]
         num_anchors = int(anchors.boxes.shape[0])
         k = min(PRE_NMS_TOPK, num_anchors * num_classes)
@@ -82,10 +89,7 @@ def detection_function(model: keras.Model, architecture: Architecture, *, max_de
         # of those only: the same selection, from k x classes values instead of all of them.
         candidates = tf.math.top_k(tf.reduce_max(logits, axis=2), k=min(k, num_anchors)).indices
         logits = tf.gather(logits, candidates, batch_dims=1)
-        boxes = box_coder.decode(tf.gather(codes, candidates, batch_dims=1),
-                                 tf.gather(tf.constant(anchors.boxes), candidates))
-        boxes = tf.clip_by_value(boxes, 0.0, tf.constant([height, width, height, width],
-                                                         tf.float32))
+        boxes = tf.gather(all_boxes, candidates, batch_dims=1)
         # Zeroing the pairs below the k-th (under the score floor) keeps that selection
         # without gathering per class.
         flat = tf.reshape(logits, [batch, -1])
@@ -108,9 +112,14 @@ def detection_function(model: keras.Model, architecture: Architecture, *, max_de
 def head_function(model: keras.Model, architecture: Architecture) -> Callable[..., dict]:
     """The network without NMS: box codes [B, anchors, 4], class logits [B, anchors, classes]."""
 
+    anchors = anchors_for(architecture.model_config, architecture.image_size)
+
     @tf.function(input_signature=_signature(architecture.image_size))
     def head(images: tf.Tensor) -> dict[str, tf.Tensor]:
         logits, codes = _head(model, architecture, images)
+        # EfficientNMS_TRT decodes the codes itself; empty boxes are masked here, as in the
+        # ONNX Runtime graph, so they never reach its top-k either.
+        logits = mask_empty(logits, decode_clipped(codes, anchors))
         return {BOX_CODES: codes, CLASS_LOGITS: logits}
 
     return head
@@ -121,6 +130,10 @@ def to_onnx(function: Callable[..., dict], output_names: tuple[str, ...],
     """Convert with tf2onnx and give the outputs our order and the batch axis a name."""
     import tf2onnx
 
+    # tf2onnx numbers the nodes it makes from a process-wide counter, and its optimisers visit
+    # nodes in the order of those names: a second export in one process otherwise optimises
+    # the graph differently (as a fresh process would not).
+    tf2onnx.utils.INTERNAL_NAME = 1
     model, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature,
                                              opset=opset)
     by_name = {o.name: o for o in model.graph.output}
@@ -129,8 +142,64 @@ def to_onnx(function: Callable[..., dict], output_names: tuple[str, ...],
     model.graph.output.extend(ordered)
     for value in [*model.graph.input, *model.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    canonical_names(model)
     onnx.checker.check_model(model)
     return model
+
+
+def canonical_names(model: onnx.ModelProto) -> None:
+    """Name every node and inner tensor after its place in the graph, and order the
+    initializers by first use, so that the same model always exports to the same bytes.
+
+    tf2onnx numbers the names it makes from a process-wide counter, and when it merges equal
+    constants or nodes the surviving name is whichever it met first: two exports of one model
+    differed in names and initializer order, and DVC and Snakemake saw a change that was none.
+    The graph's inputs and outputs keep their names (runtimes look them up).
+    """
+    _canonical_graph(model.graph, "", {})
+
+
+def _canonical_graph(graph: onnx.GraphProto, prefix: str, outer: dict[str, str]) -> None:
+    graph.doc_string = ""  # tf2onnx writes the traced function's numbered name here
+    names = dict(outer)  # a subgraph sees the enclosing graph's names
+    keep = prefix == ""  # the model's own inputs and outputs keep their names
+    for j, value in enumerate(graph.input):
+        names[value.name] = value.name if keep else f"{prefix}input_{j}"
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    order: list[str] = []
+    for node in graph.node:
+        for name in node.input:
+            if name in initializers and name not in order:
+                order.append(name)
+    order += [name for name in initializers if name not in order]
+    for k, name in enumerate(order):
+        names[name] = f"{prefix}const_{k}"
+    for i, node in enumerate(graph.node):
+        node.name = f"{prefix}{node.op_type}_{i}"
+        for j, name in enumerate(node.output):
+            if name:
+                names[name] = f"{node.name}:{j}"
+    if keep:
+        names.update({value.name: value.name for value in graph.output})
+    for node in graph.node:
+        node.input[:] = [names.get(name, name) for name in node.input]
+        node.output[:] = [names.get(name, name) for name in node.output]
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                _canonical_graph(attribute.g, f"{node.name}/{attribute.name}/", names)
+            for g, subgraph in enumerate(attribute.graphs):
+                _canonical_graph(subgraph, f"{node.name}/{attribute.name}_{g}/", names)
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.name = names.get(value.name, value.name)
+    position = {names[name]: k for k, name in enumerate(order)}
+    for tensor in graph.initializer:
+        tensor.name = names[tensor.name]
+    tensors = sorted(graph.initializer, key=lambda tensor: position[tensor.name])
+    del graph.initializer[:]
+    graph.initializer.extend(tensors)
+    values = sorted(graph.value_info, key=lambda value: value.name)
+    del graph.value_info[:]
+    graph.value_info.extend(values)
 
 
 def anchors_center_size(anchors: Anchors) -> np.ndarray:

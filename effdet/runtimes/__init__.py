@@ -32,7 +32,7 @@ def open_detector(model_path: str | Path, key: str | None, config: ExperimentCon
                           f"one of {', '.join(SUFFIXES)}")
     if suffix not in KEYLESS_SUFFIXES and not key:
         raise EffdetError(f"{path}: a key is needed to decrypt a {suffix} model")
-    if suffix != ".engine" and not path.is_file():  # TensorRT's absence is reported first
+    if not path.is_file():  # before TensorRT's absence: the path is the likelier mistake
         raise EffdetError(f"{path}: file not found")
     score = config.eval_config.min_score_thresh if min_score is None else min_score
     if suffix == ".tlt":

@@ -93,7 +93,9 @@ def from_outputs(outputs: Mapping[str, np.ndarray], index: int,
 
 
 def to_original(detections: Detections, scale: float, size: Sequence[int]) -> Detections:
-    """Network-input boxes → original-image pixels (divide by resized/original), clipped."""
-    boxes = detections.boxes / np.float32(scale)
-    limits = np.array([size[1], size[0], size[1], size[0]], np.float32)
-    return Detections(np.clip(boxes, 0.0, limits), detections.scores, detections.classes)
+    """Network-input boxes → original-image pixels (divide by resized/original), clipped;
+    boxes left without area (they were in the padding) are dropped."""
+    boxes = np.clip(detections.boxes / np.float32(scale), 0.0,
+                    np.array([size[1], size[0], size[1], size[0]], np.float32))
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return Detections(boxes[keep], detections.scores[keep], detections.classes[keep])

@@ -28,7 +28,7 @@ from effdet.anchors import anchors_for
 from effdet.data.pipeline import data_errors, train_dataset
 from effdet.errors import EffdetError
 from effdet.coco_metrics import json_ready
-from effdet.formats.atomic import atomic_write_bytes
+from effdet.formats.atomic import atomic_write_bytes, remove_stale_temps
 from effdet.formats.tlt import read_tlt
 from effdet.log import redact
 from effdet.losses import detection_loss
@@ -42,6 +42,7 @@ from effdet.spec import ExperimentConfig, load_spec
 from effdet.training.checkpoints import FINAL, checkpoint_path, checkpoints, rotate
 from effdet.training.ema import WeightAverage
 from effdet.training.regularization import decayed_kernels, weight_decay
+from effdet.training.lock import model_dir_lock
 from effdet.training.reporting import TrainingLog
 from effdet.training.schedule import WarmupCosine
 from effdet.training.strategy import (
@@ -302,7 +303,8 @@ class Trainer:
         previous_policy = keras.mixed_precision.global_policy()
         was_deterministic = tf_framework_config.is_op_determinism_enabled()
         try:
-            return self._run()
+            with self.exclusive_model_dir():
+                return self._run()
         except KeyboardInterrupt:
             if self.reports is not None:
                 self.reports.status("FAILURE", "Training was interrupted")
@@ -317,6 +319,20 @@ class Trainer:
                 tf.config.experimental.enable_op_determinism()
             else:
                 tf_framework_config.disable_op_determinism()
+
+    @contextmanager
+    def exclusive_model_dir(self) -> Iterator[None]:
+        """The chief holds model_dir's lock for the whole run; what a killed run left half
+        written (checkpoint and metrics temporaries) is removed once it is held."""
+        if not self.chief:
+            yield
+            return
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        with model_dir_lock(self.model_dir):
+            for folder in (self.model_dir, self.model_dir / "eval"):
+                for stale in remove_stale_temps(folder):
+                    log.info("removed %s, left by an interrupted run", stale)
+            yield
 
     def _run(self) -> TrainResult:
         if self.chief:
