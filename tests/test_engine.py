@@ -25,6 +25,7 @@ from effdet.tasks import engine
 from effdet.tasks.engine import EngineUnavailable, calibration_batches, gen_trt_engine
 from effdet.tasks.evaluate import evaluate
 from effdet.tasks.export import export
+from tests.spec_support import complete
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "engine-test-Key-5"
@@ -118,11 +119,11 @@ def shapes(exported, tmp_path_factory) -> dict:
     dataset_convert(data.image_dir, data.val_json, root / "val", tag="val", num_shards=1,
                     workers=1)
     spec = root / "spec.txt"
-    spec.write_text(f"""
+    spec.write_text(complete(f"""
 dataset_config {{ num_classes: 5 image_size: "128,128"
   validation_file_pattern: "{root / 'val'}/val-*" validation_json_file: "{data.val_json}" }}
 eval_config {{ eval_batch_size: 2 eval_samples: 2 max_detections_per_image: 20 }}
-""")
+"""))
     onnx_path = exported["result"].onnx_path
     cache = root / "cal.json"
     int8 = gen_trt_engine(onnx_path, None, root / "m.int8.onnx", data_type="int8",

@@ -17,6 +17,7 @@ import pytest
 from effdet.cli import build_parser, main
 from effdet.data.synthetic import make_dataset
 from effdet.tasks import engine
+from tests.spec_support import complete
 from tao_status import COCO_NAMES, status_lines
 from test_runtimes import KEY, save_tiny_tlt
 
@@ -197,7 +198,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     data = make_dataset(root / "raw", num_images=4, width=128, height=128, seed=5,
                         val_fraction=0.5)
     spec = root / "spec.txt"
-    spec.write_text(f"""
+    spec.write_text(complete(f"""
 dataset_config {{
   num_classes: 5
   image_size: "128,128"
@@ -205,7 +206,7 @@ dataset_config {{
   validation_json_file: "{data.val_json}"
 }}
 eval_config {{ eval_batch_size: 2 eval_samples: 2 max_detections_per_image: 20 }}
-""")
+"""))
     save_tiny_tlt(root / "m.tlt")
     return {"root": root, "spec": spec, "model": root / "m.tlt", "images": data.image_dir,
             "val_json": data.val_json}
