@@ -76,9 +76,14 @@ def two_runs(demo_spec) -> tuple[Path, Path]:
         with script.with_suffix(".log").open("wb") as log:
             processes.append(subprocess.Popen([sys.executable, str(script)], env=env,
                                               stdout=subprocess.DEVNULL, stderr=log))
-    for process, script in zip(processes, scripts):
-        process.wait(timeout=TIMEOUT)
-        assert process.returncode == 0, script.with_suffix(".log").read_text()[-2000:]
+    try:
+        for process, script in zip(processes, scripts):
+            process.wait(timeout=TIMEOUT)
+            assert process.returncode == 0, script.with_suffix(".log").read_text()[-2000:]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
     return dirs
 
 
