@@ -20,7 +20,7 @@ from effdet.spec import load_spec
 from tests.test_train import KEY, REPO, data, kill_9_after_first_checkpoint_then_resume  # noqa: F401
 
 DEMO_SPEC = REPO / "config" / "specs" / "demo.txt"
-TIMEOUT = 900  # full D0 traces slowly on a busy 2-core machine
+TIMEOUT = 1800  # a guard against hangs: full D0 traces for minutes on a busy 2-core machine
 CHECKPOINTS = ("model.epoch-1.tlt", "model.epoch-2.tlt", "model.tlt")
 
 
