@@ -26,10 +26,9 @@ from effdet.model.saving import Architecture, load_model, save_model
 from effdet.model.variants import get_variant
 from effdet.spec import load_spec
 from effdet.spec.config import ModelConfig
+from effdet.detector import make_detector
+from effdet.tasks.evaluate import detection_rows, evaluate, run_detection, yxyx_to_xywh
 from tests.spec_support import complete
-from effdet.tasks.evaluate import (
-    detection_rows, evaluate, make_detector, run_detection, yxyx_to_xywh,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "evaluate-test-Key-9"

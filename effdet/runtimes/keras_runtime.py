@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from effdet.detector import make_detector
 from effdet.model.saving import load_model
 from effdet.runtimes.base import Detections, Detector, from_outputs, letterbox
-from effdet.tasks.evaluate import make_detector
 
 
 class KerasDetector(Detector):

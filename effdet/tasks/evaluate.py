@@ -19,7 +19,7 @@ import io
 import itertools
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from effdet.anchors import anchors_for
 from effdet.coco_metrics import coco_metrics, format_metrics, json_ready
 from effdet.data.pipeline import data_errors, eval_dataset
+from effdet.detector import make_detector
 from effdet.errors import EffdetError
 from effdet.formats.atomic import atomic_write_bytes
 from effdet.model.saving import Architecture, load_model
-from effdet.postprocess import postprocess
 from effdet.spec import load_spec
 from effdet.spec.config import ExperimentConfig
 
@@ -43,9 +42,6 @@ log = logging.getLogger("effdet")
 
 METRIC_MIN_SCORE = 0.0
 METRICS_FILE = "metrics.json"
-
-Detector = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]
-
 
 @dataclass(frozen=True)
 class Detections:
@@ -156,28 +152,6 @@ def run_detection(model: keras.Model, architecture: Architecture, dataset: Itera
             image_ids.extend(int(i) for i in source_ids)
     all_rows = np.concatenate(rows) if rows else np.zeros((0, 7))
     return Detections(all_rows, image_ids)
-
-
-def make_detector(model: keras.Model, architecture: Architecture, *, max_detections: int,
-                  min_score: float) -> Detector:
-    """One compiled graph: network forward + post-processing to original-image boxes.
-
-    detect(images [B,H,W,3], image_scale [B] resized/original, original_size [B,2] (h, w)).
-    """
-    anchors = anchors_for(architecture.model_config, architecture.image_size)
-
-    @tf.function(reduce_retracing=True)  # the last, smaller batch must not retrace for good
-    def detect(images: tf.Tensor, image_scale: tf.Tensor,
-               original_size: tf.Tensor) -> dict[str, tf.Tensor]:
-        class_outputs, box_outputs = model(images, training=False)
-        # postprocess multiplies by original/network-input, the inverse of the pipeline's scale.
-        return postprocess(class_outputs, box_outputs, anchors, architecture.head_classes,
-                           max_detections=max_detections, min_score=min_score,
-                           nms_method="hard",
-                           image_scales=1.0 / tf.cast(image_scale, tf.float32),
-                           image_sizes=original_size)
-
-    return detect
 
 
 def detection_rows(source_ids: np.ndarray, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
