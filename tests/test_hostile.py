@@ -30,9 +30,10 @@ from effdet.postprocess import EMPTY_LOGIT, postprocess
 from effdet.runtimes.base import Detections, to_original
 from effdet.spec.config import ModelConfig
 from effdet.tasks.inference import inference, label_file_names
+from tests.spec_support import complete
 
-SPEC = ('dataset_config { num_classes: 5 image_size: "128,128" }\n'
-        "eval_config { min_score_thresh: 0.3 max_detections_per_image: 20 }\n")
+SPEC = complete('dataset_config { num_classes: 5 image_size: "128,128" }\n'
+                "eval_config { min_score_thresh: 0.3 max_detections_per_image: 20 }\n")
 
 
 @pytest.fixture(scope="module")

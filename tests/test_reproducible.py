@@ -27,8 +27,8 @@ CHECKPOINTS = ("model.epoch-1.tlt", "model.epoch-2.tlt", "model.tlt")
 @pytest.fixture(scope="module")
 def demo_spec(data, tmp_path_factory) -> Path:  # noqa: F811
     """The demo spec as shipped, shortened to 2 epochs of 2 loops of 4 steps on the test data
-    and without evaluation, which does not change the weights and would double the time (the
-    later blocks override the demo's values: the spec loader merges)."""
+    with the smallest evaluation (it does not change the weights; the later blocks override
+    the demo's values: the spec loader merges)."""
     path = tmp_path_factory.mktemp("repro") / "demo.txt"
     path.write_text(DEMO_SPEC.read_text() + textwrap.dedent(f"""\
         training_config {{
@@ -40,10 +40,12 @@ def demo_spec(data, tmp_path_factory) -> Path:  # noqa: F811
         }}
         dataset_config {{
           training_file_pattern: "{data}/train/train-*"
-          validation_file_pattern: ""
-          validation_json_file: ""
+          validation_file_pattern: "{data}/val/val-*"
+          validation_json_file: "{data}/raw/annotations/val.json"
         }}
-        eval_config {{ eval_epoch_cycle: 2 }}
+        eval_config {{
+          eval_epoch_cycle: 2 eval_batch_size: 2 eval_samples: 2 eval_after_training: false
+        }}
         """))
     config = load_spec(path)
     training, augmentation = config.training_config, config.augmentation_config
