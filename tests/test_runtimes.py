@@ -215,7 +215,7 @@ def test_tensorrt_engine_matches_onnx_on_the_best_box(tmp_path, models):
 
 def run_inference_cli(tmp_path: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
     spec = tmp_path / "spec.txt"
-    spec.write_text('dataset_config { num_classes: 5 image_size: "128,128" }\n')
+    spec.write_text(complete('dataset_config { num_classes: 5 image_size: "128,128" }\n'))
     (tmp_path / "images").mkdir()
     Image.fromarray(images()[0]).save(tmp_path / "images" / "a.png")
     env = {k: v for k, v in os.environ.items() if k not in ("EFFDET_KEY", "EFFDET_DEBUG")}
