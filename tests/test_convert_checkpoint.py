@@ -21,7 +21,7 @@ from effdet.data.synthetic import make_dataset
 from effdet.errors import EffdetError
 from effdet.export.onnx_graph import INPUT_NAME
 from effdet.formats.tlt import read_tlt
-from effdet.model.saving import EMA, load_model, members_to_arrays
+from effdet.model.saving import WEIGHTS, load_model, members_to_arrays
 from effdet.tasks.convert_checkpoint import convert_checkpoint, parse_image_size
 from effdet.tasks.evaluate import evaluate
 from effdet.tasks.export import export
@@ -130,7 +130,7 @@ def test_converted_model_fine_tunes_on_new_classes_skipping_the_heads(workspace,
         train(tuned_spec, root / "tuned", KEY)
     assert any("loaded 673, skipped 3 (skip_checkpoint_variables)" in r.getMessage()
                for r in caplog.records)
-    tuned = members_to_arrays(EMA, read_tlt(root / "tuned" / "model.tlt", KEY).members)
+    tuned = members_to_arrays(WEIGHTS, read_tlt(root / "tuned" / "model.tlt", KEY).members)
     assert tuned["class_net_predict/bias"].shape == (9 * 4,)
 
 
