@@ -128,10 +128,13 @@ def test_parent_of_another_host_is_not_watched():
 
 
 def test_convert_workers_ignore_ctrl_c(capfd):
+    # Ctrl-C at once, while the workers may still be starting: they must ignore it from birth.
     with convert._mapper(2, 100) as map_:
         pool = map_.func.__self__
-        assert list(map_(abs, [-1, -2, -3])) == [1, 2, 3]
         workers = [p.pid for p in pool._pool]
+        for pid in workers:
+            os.kill(pid, signal.SIGINT)
+        assert list(map_(abs, [-1, -2, -3])) == [1, 2, 3]
         for pid in workers:
             os.kill(pid, signal.SIGINT)
         time.sleep(1.0)

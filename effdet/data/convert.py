@@ -23,7 +23,6 @@ import json
 import logging
 import multiprocessing
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -178,7 +177,7 @@ def _mapper(workers: int, n: int) -> Iterator[Mapper]:
     # running (fork) nor re-import the caller's __main__ (spawn); preloading this module
     # makes each worker start in milliseconds.
     mp = multiprocessing.get_context("forkserver")
-    mp.set_forkserver_preload([__name__])
+    mp.set_forkserver_preload(["effdet.data.worker_signals", __name__])
     chunksize = max(1, min(16, n // (8 * workers)))
     with mp.Pool(workers, initializer=_worker_start) as pool:
         yield partial(pool.imap, chunksize=chunksize)
@@ -186,10 +185,10 @@ def _mapper(workers: int, n: int) -> Iterator[Mapper]:
 
 def _worker_start() -> None:
     """Ctrl-C reaches the whole process group: only the parent reports it (one line), the
-    workers ignore it and end when the pool does. A worker whose forkserver is gone (the
-    parent was killed) is killed too instead of lingering. SIGTERM keeps its default, a quiet
-    exit, which is also how Pool.terminate stops the workers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    workers ignore it from birth (`effdet.data.worker_signals`) and end when the pool does. A
+    worker whose forkserver is gone (the parent was killed) is killed too instead of
+    lingering. SIGTERM keeps its default, a quiet exit, which is also how Pool.terminate
+    stops the workers."""
     die_with_parent()
 
 
