@@ -3,6 +3,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,onnx,workflow,dev
 STAMP := $(VENV)/.installed-$(EXTRAS)
+# pipefail: the install's pip output goes through a filter, and pip's exit status must count.
+SHELL := /bin/bash
+# pip's own lines minus those that repeat a package already named (cache hits, sizes, already
+# installed) or a build step: about one line per package, as it is collected.
+PIP_PROGRESS := awk '!/^ *(Using cached|Downloading|Requirement already satisfied|Preparing|Installing build|Getting requirements|Checking if build|Building|Created wheel|Stored in|Obtaining)/ { print; fflush() }'
 
 .PHONY: demo test install clean
 
@@ -11,7 +16,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	@echo "installing effdet[$(EXTRAS)] into $(VENV): 3-10 min, one line per package"
+	set -o pipefail; PYTHONUNBUFFERED=1 $(PY) -m pip install --progress-bar off \
+		-e '.[$(EXTRAS)]' | $(PIP_PROGRESS)
 	touch $@
 
 # The demo's documented key; use your own for real models (the key is never logged).

@@ -22,8 +22,13 @@ from effdet.formats.status import coco_kpi, task_status
 from effdet.key import KEY_ENV, resolve_key
 from effdet.lifecycle import Terminated, handle_termination
 from effdet.log import redact, register_secret, setup_logging
+from effdet.progress import task_progress
 
 log = logging.getLogger("effdet")
+# Tasks that can run for minutes: with --log_file, a start and an end line on the console
+# (effdet/progress.py); without, the whole log is on the console already.
+LONG_TASKS = frozenset(["dataset_convert", "train", "evaluate", "prune", "inference", "export",
+                        "gen_trt_engine"])
 
 # --- argument groups shared by several tasks ---------------------------------------------
 
@@ -448,8 +453,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     register_secret(getattr(args, "key", None) or "")
     try:
         handle_termination()
-        setup_logging(getattr(args, "log_file", None), verbose=debug)
-        return args.run(args)
+        log_file = getattr(args, "log_file", None)
+        setup_logging(log_file, verbose=debug)
+        task = args.run.__name__.removeprefix("_run_")  # the canonical name, not an alias
+        if task not in LONG_TASKS or not log_file:
+            return args.run(args)
+        with task_progress(task, log_file):
+            return args.run(args)
     except EffdetError as exc:
         return _fail(str(exc), exc.exit_code, debug)
     except Terminated:

@@ -1,4 +1,9 @@
-"""Logging set-up shared by every task: one format, optional file, secrets scrubbed."""
+"""Logging set-up shared by every task: one format, optional file, secrets scrubbed.
+
+Records logged with `extra=PROGRESS` (a task started or finished, a training step) also go to
+stdout when the log goes to a file: Snakemake shows a job's stdout on its console, so
+`make demo` prints one line per step while the rule's log keeps everything.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 LOGGER_NAME = "effdet"
 _FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
 _REDACTED = "********"
+PROGRESS = {"progress": True}
 
 
 class SecretFilter(logging.Filter):
@@ -54,19 +60,30 @@ def redact(text: str) -> str:
 
 
 def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> logging.Logger:
-    """Route the effdet logger to stderr, or to `log_file` (TAO's --log_file) when given."""
+    """Route the effdet logger to stderr, or to `log_file` (TAO's --log_file) when given,
+    with the progress records on stdout as well."""
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+        _add_handler(logger, logging.FileHandler(log_file, encoding="utf-8"), _FORMAT)
+        console = _add_handler(logger, logging.StreamHandler(sys.stdout), "%(message)s")
+        console.addFilter(is_progress)
     else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT))
-    handler.addFilter(_secret_filter)
-    logger.addHandler(handler)
+        _add_handler(logger, logging.StreamHandler(sys.stderr), _FORMAT)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
     return logger
+
+
+def is_progress(record: logging.LogRecord) -> bool:
+    return getattr(record, "progress", False)
+
+
+def _add_handler(logger: logging.Logger, handler: logging.Handler, form: str) -> logging.Handler:
+    handler.setFormatter(logging.Formatter(form))
+    handler.addFilter(_secret_filter)
+    logger.addHandler(handler)
+    return handler

@@ -5,6 +5,7 @@ import socket
 
 from effdet.key import KEY_ENV, MIN_KEY_LENGTH
 from effdet.lifecycle import PARENT_ENV
+from effdet.slurm_account import quiet_account_guessing
 
 # `envvars:` only asks that the variable exists: an empty or short key would pass it and fail
 # in the first job, after Snakemake has already removed that job's old outputs.
@@ -15,6 +16,9 @@ if len(os.environ[KEY_ENV]) < MIN_KEY_LENGTH:
 
 # Jobs end when this Snakemake process dies, even by kill -9 (effdet/lifecycle.py).
 os.environ[PARENT_ENV] = f"{socket.gethostname()}:{os.getpid()}"
+
+# profiles/slurm's `slurm-no-account`, which the Slurm plugin itself ignores.
+quiet_account_guessing(workflow)
 
 EXPERIMENTS = config["experiments"]
 SPLITS = ["train", "val"]

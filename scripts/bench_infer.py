@@ -30,7 +30,8 @@ from effdet.model.saving import Architecture, save_model
 from effdet.model.variants import get_variant
 from effdet.postprocess import postprocess
 from effdet.spec.config import ModelConfig
-from effdet.tasks.engine import gen_trt_engine, ort_session_options
+from effdet.runtimes.ort_options import session_options
+from effdet.tasks.engine import gen_trt_engine
 from effdet.tasks.export import export
 
 KEY = "bench-infer-key"
@@ -67,7 +68,7 @@ def keras_detector(architecture: Architecture, model: tf.keras.Model,
 def ort_detector(engine: Path) -> Callable[[np.ndarray], dict]:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(engine), ort_session_options(),
+    session = ort.InferenceSession(str(engine), session_options(),
                                    providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
     input_name = session.get_inputs()[0].name

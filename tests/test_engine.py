@@ -21,6 +21,7 @@ from effdet.errors import EffdetError
 from effdet.export import onnx_graph
 from effdet.export.quantize import postprocess_nodes, quantize_int8
 from effdet.model.saving import save_model
+from effdet.runtimes.ort_options import ERRORS_ONLY, session_options
 from effdet.tasks import engine
 from effdet.tasks.engine import EngineUnavailable, calibration_batches, gen_trt_engine
 from effdet.tasks.evaluate import evaluate
@@ -68,9 +69,10 @@ def test_onnx_runtime_engine_from_etlt_gives_the_same_detections(exported, tmp_p
 
 
 def test_onnx_runtime_engine_options_use_every_core():
-    options = engine.ort_session_options()
+    options = session_options()
     assert options.intra_op_num_threads == (os.cpu_count() or 1)
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.log_severity_level == ERRORS_ONLY
 
 
 def test_tensorrt_graph_is_refused_by_onnx_runtime(exported, tmp_path):

@@ -27,6 +27,7 @@ import onnx
 
 from effdet.errors import EffdetError
 from effdet.export.onnx_graph import INPUT_NAME
+from effdet.runtimes.ort_options import quiet_onnxruntime
 
 NETWORK_OPS = ("Conv",)
 REDUCE_RANGE = True
@@ -76,6 +77,7 @@ def quantize_int8(onnx_bytes: bytes, output: Path, *,
             batch = next(self._batches, None)
             return None if batch is None else {INPUT_NAME: batch}
 
+    quiet_onnxruntime()  # the quantiser opens its own calibration sessions
     cached = cache_file.exists()
     if cached:
         check_cache(cache_file)

@@ -9,7 +9,6 @@ the 0 padding the network was trained with. Class names come from the model's me
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,6 +25,7 @@ from effdet.runtimes.base import (
     letterbox,
     to_original,
 )
+from effdet.runtimes.ort_options import session_options
 
 
 class OnnxDetector(Detector):
@@ -33,11 +33,8 @@ class OnnxDetector(Detector):
                  default_image_size: tuple[int, int]):
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = os.cpu_count() or 1
         try:
-            self._session = onnxruntime.InferenceSession(model, sess_options=options,
+            self._session = onnxruntime.InferenceSession(model, sess_options=session_options(),
                                                          providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 (onnxruntime raises untyped pybind errors)
             raise EffdetError(f"{source}: not a loadable ONNX model ({exc})") from None

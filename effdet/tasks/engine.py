@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ import onnx
 from effdet.errors import EffdetError
 from effdet.formats.atomic import atomic_path, atomic_write_bytes
 from effdet.formats.etlt import read_etlt
+from effdet.runtimes.ort_options import session_options
 
 log = logging.getLogger("effdet")
 
@@ -140,20 +140,11 @@ def build_engine(onnx_bytes: bytes, engine_file: Path, *, data_type: str = "fp32
     return engine_file
 
 
-def ort_session_options() -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = os.cpu_count() or 1
-    return options
-
-
 def build_ort_engine(onnx_bytes: bytes, engine_file: Path) -> None:
     """Save ONNX Runtime's fully optimised graph (specific to this machine's CPU)."""
     import onnxruntime as ort
 
-    options = ort_session_options()
+    options = session_options()
     with atomic_path(engine_file) as temp:
         options.optimized_model_filepath = str(temp)
         try:

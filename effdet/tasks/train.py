@@ -30,7 +30,7 @@ from effdet.errors import EffdetError
 from effdet.coco_metrics import json_ready
 from effdet.formats.atomic import atomic_write_bytes, remove_stale_temps
 from effdet.formats.tlt import read_tlt
-from effdet.log import redact
+from effdet.log import PROGRESS, redact
 from effdet.losses import detection_loss
 from effdet.model.saving import (
     EMA, OPTIMIZER, WEIGHTS, Architecture, arrays_to_members, assign_arrays, members_to_arrays,
@@ -38,6 +38,7 @@ from effdet.model.saving import (
 )
 from effdet.model.pretrained import load_pretrained
 from effdet.model.variants import Variant, get_variant
+from effdet.progress import Pace, duration
 from effdet.spec import ExperimentConfig, load_spec
 from effdet.training.checkpoints import FINAL, checkpoint_path, checkpoints, rotate
 from effdet.training.ema import WeightAverage
@@ -358,6 +359,7 @@ class Trainer:
                  self.global_batch, self.replicas)
         losses: dict[str, float] = {}
         images_done, seconds = 0, 0.0  # since the last report, for a current images/s
+        pace = Pace(self.steps.stop, self.global_batch)
         while step < self.steps.stop:
             to_boundary = self.steps.per_epoch - step % self.steps.per_epoch
             count = min(self.training.iterations_per_loop, to_boundary, self.steps.stop - step)
@@ -370,13 +372,19 @@ class Trainer:
             if step > self.training.profile_skip_steps:  # warm-up (tracing) is not throughput
                 images_done += count * self.global_batch
                 seconds += elapsed
+            pace.done(step, count, elapsed)
             if not np.isfinite(losses["total_loss"]):
                 raise EffdetError(f"training diverged at step {step} (loss {losses['total_loss']}); "
                                   "lower learning_rate or raise lr_warmup_epoch")
-            if step // self.training.logging_frequency > previous // self.training.logging_frequency:
+            logged = (step // self.training.logging_frequency
+                      > previous // self.training.logging_frequency)
+            if logged:
                 self.report(step, losses, images_done / seconds if seconds else 0.0)
                 images_done, seconds = 0, 0.0
-            if step % self.steps.per_epoch == 0:
+            epoch_end = step % self.steps.per_epoch == 0
+            if self.chief and (epoch_end or logged and not self.training.disable_logging):
+                self.progress(step, pace)  # before the epoch's checkpoint and evaluation
+            if epoch_end:
                 self.end_of_epoch(step // self.steps.per_epoch, step, losses["total_loss"])
         final = self.finish(step)
         if self.reports is not None:
@@ -396,6 +404,19 @@ class Trainer:
                      losses["box_loss"], losses["reg_loss"], rate, images_per_second)
         kpi = {**losses, "learning_rate": rate, "images_per_second": images_per_second}
         self.reports.scalars(step, "train", kpi)
+
+    def progress(self, step: int, pace: Pace) -> None:
+        """The console line: how far training is, its speed, the time it has left."""
+        per_epoch = self.steps.per_epoch
+        parts = [f"epoch {-(-step // per_epoch)}/{self.steps.stop // per_epoch}",
+                 f"step {step}/{self.steps.stop}"]
+        rate = pace.items_per_second()
+        if rate is not None:
+            parts.append(f"{rate:.1f} img/s")
+        left = pace.seconds_left(step)
+        if left is not None:
+            parts.append(f"ETA {duration(left)}")
+        log.info("train %s: %s", self.model_dir, ", ".join(parts), extra=PROGRESS)
 
     def manifest(self, step: int) -> dict[str, Any]:
         return {"epoch": step // self.steps.per_epoch, "step": step,
