@@ -178,3 +178,25 @@ def test_onnx_runtime_warnings_stay_out_of_the_engine_log(tmp_path):
     assert (tmp_path / "engine.onnx").stat().st_size > 0
     assert ORT_WARNING not in text and "\x1b[" not in text, text
     assert "gen_trt_engine: started" in result.stdout
+
+
+def test_slurm_account_guessing_is_quiet_only_under_no_account():
+    from types import SimpleNamespace
+
+    from effdet.slurm_account import AccountGuessFilter
+
+    def kept(no_account: bool, message: str) -> bool:
+        workflow = SimpleNamespace(executor_settings=SimpleNamespace(no_account=no_account))
+        record = logging.LogRecord("snakemake.logging", logging.WARNING, __file__, 1, message,
+                                   None, None)
+        return AccountGuessFilter(workflow).filter(record)
+
+    guessing = ["No SLURM account given, trying to guess.",
+                "No account was given, not able to get a SLURM account via sacct: disabled",
+                "Unable to guess SLURM account. Trying to proceed without."]
+    assert not any(kept(True, m) for m in guessing)
+    assert all(kept(False, m) for m in guessing)
+    assert kept(True, "Guessed SLURM account: lab")  # it will be passed as -A: still shown
+    local = SimpleNamespace(executor_settings=None)  # before the run starts, or not Slurm
+    assert AccountGuessFilter(local).filter(logging.LogRecord(
+        "snakemake.logging", logging.WARNING, __file__, 1, guessing[0], None, None))
