@@ -186,6 +186,8 @@ def test_demo_steps_run_as_slurm_jobs(slurm_cluster: None, clone: Path) -> None:
                   clone, 240, clone.parent / "snakemake-demo.log")
     assert result.returncode == 0, result.stdout[-6000:]
     assert "Using profiles slurm and workflow specific profile profiles/default" in result.stdout
+    # slurm-no-account: no account guessing on the console (effdet/slurm_account.py)
+    assert "account" not in result.stdout.lower(), result.stdout[-6000:]
 
     jobs = _submitted(result.stdout)
     requested = _requested(result.stdout)
