@@ -27,7 +27,6 @@ SPLITS = ["train", "val"]
 wildcard_constraints:
     exp="|".join(EXPERIMENTS),
     split="|".join(SPLITS),
-    kind="onnx|engine",
 
 
 def exp_config(key):
@@ -86,7 +85,8 @@ def train_gpu(wildcards):
 
 
 def engine_gpu(wildcards):
-    """TensorRT engines (`gpu_engine: true`) are built on a GPU; ONNX Runtime's on the CPU."""
+    """Inference runs a TensorRT engine (`gpu_engine: true`) on a GPU, ONNX Runtime's on the
+    CPU (gen_trt_engine always asks for a GPU)."""
     return 1 if EXPERIMENTS[wildcards.exp]["gpu_engine"] else 0
 
 
@@ -122,16 +122,9 @@ def prune_flags(wildcards):
     return flags
 
 
-def engine_source(wildcards):
-    # TensorRT engines come from the graph ending in EfficientNMS_TRT, ONNX Runtime's from
-    # the plain one; both are unencrypted, so no key is needed from here on.
-    suffix = "trt.onnx" if wildcards.kind == "engine" else "onnx"
-    return f"results/{wildcards.exp}/export/model.{suffix}"
-
-
 def engine_flags(wildcards):
-    if wildcards.kind == "onnx":
-        return ""  # ONNX Runtime runs fp32 whatever the export precision
+    """TensorRT's precision and batch flags (ONNX Runtime's engine runs fp32 whatever the
+    export precision, so gen_ort_engine passes none)."""
     export = EXPERIMENTS[wildcards.exp]["export"]
     flags = f"--data_type {export['data_type']} --max_batch_size {export['max_batch_size']}"
     if int8_engine(wildcards):
@@ -144,7 +137,7 @@ def engine_flags(wildcards):
 
 def int8_engine(wildcards):
     export = EXPERIMENTS[wildcards.exp]["export"]
-    return wildcards.kind == "engine" and export["data_type"] == "int8"
+    return export["data_type"] == "int8"
 
 
 def calibration_images(wildcards):

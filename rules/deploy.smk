@@ -1,7 +1,8 @@
-# The retrained model → ONNX + .etlt (export) → engine (gen_trt_engine) → inference on a few
-# validation images (sample_images).
-# On CPU set-ups the engine is ONNX Runtime's optimised model (engine/model.onnx); with
-# `gpu_engine: true` it is a TensorRT engine (engine/model.engine) built on a GPU.
+# The retrained model → ONNX + .etlt (export) → engine → inference on a few validation
+# images (sample_images).
+# On CPU set-ups the engine is ONNX Runtime's optimised model (gen_ort_engine:
+# engine/model.onnx); with `gpu_engine: true` it is a TensorRT engine (gen_trt_engine:
+# engine/model.engine) built on a GPU.
 
 
 rule export:
@@ -29,24 +30,48 @@ rule export:
         " --force --log_file {log} 2>> {log}"
 
 
-rule gen_trt_engine:
+# Both engine rules write DeepStream's labels.txt and nvinfer_config.txt beside the engine,
+# naming export's TensorRT graph (DeepStream builds its own engine from it when it cannot
+# load ONNX Runtime's).
+rule gen_ort_engine:
     input:
-        model=engine_source,
-        calibration=calibration_images,
+        model="results/{exp}/export/model.onnx",
+        trt_onnx="results/{exp}/export/model.trt.onnx",
     output:
-        "results/{exp}/engine/model.{kind}",
-    params:
-        flags=engine_flags,
-        cleanup=engine_cleanup,
+        engine="results/{exp}/engine/model.onnx",
+        labels="results/{exp}/engine/labels.txt",
+        nvinfer="results/{exp}/engine/nvinfer_config.txt",
     log:
-        "logs/{exp}/gen_trt_engine_{kind}.log",
+        "logs/{exp}/gen_ort_engine.log",
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=engine_gpu,
     shell:
-        "{params.cleanup}effdet gen_trt_engine -m {input.model} --engine_file {output}"
+        "effdet gen_trt_engine -m {input.model} --engine_file {output.engine}"
+        " --log_file {log} 2>> {log}"
+
+
+rule gen_trt_engine:
+    input:
+        model="results/{exp}/export/model.trt.onnx",
+        calibration=calibration_images,
+    output:
+        engine="results/{exp}/engine/model.engine",
+        labels="results/{exp}/engine/labels.txt",
+        nvinfer="results/{exp}/engine/nvinfer_config.txt",
+    params:
+        flags=engine_flags,
+        cleanup=engine_cleanup,
+    log:
+        "logs/{exp}/gen_trt_engine.log",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    shell:
+        "{params.cleanup}effdet gen_trt_engine -m {input.model} --engine_file {output.engine}"
         " {params.flags}"
         " --log_file {log} 2>> {log}"
 

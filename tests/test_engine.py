@@ -65,7 +65,27 @@ def test_onnx_runtime_engine_from_etlt_gives_the_same_detections(exported, tmp_p
     assert target.exists()
     for got, expected in zip(run(target, images), run(exported["result"].onnx_path, images)):
         np.testing.assert_allclose(got, expected, atol=1e-4)
-    assert not (tmp_path / "labels.txt").exists()  # DeepStream runs TensorRT engines only
+
+
+def nvinfer_config(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+@pytest.mark.parametrize("source", ["onnx_path", "etlt_path"])
+def test_deepstream_files_beside_an_onnx_runtime_engine(exported, tmp_path, source):
+    engine_file = gen_trt_engine(getattr(exported["result"], source), KEY,
+                                 tmp_path / "engine" / "model.onnx")
+    folder = engine_file.parent
+    assert (folder / "labels.txt").read_text().splitlines() == [
+        "circle", "square", "triangle", "diamond"]
+    config = nvinfer_config(folder / "nvinfer_config.txt")
+    # Relative to the config's folder, as DeepStream resolves them: export's TensorRT graph
+    # (DeepStream cannot load ONNX Runtime's model, so it is not named).
+    assert not Path(config["onnx-file"]).is_absolute()
+    assert (folder / config["onnx-file"]).resolve() == exported["result"].trt_onnx_path.resolve()
+    assert (folder / config["labelfile-path"]).resolve() == (folder / "labels.txt").resolve()
+    assert "model-engine-file" not in config and config["network-mode"] == "0"
+    assert config["num-detected-classes"] == "4" and config["infer-dims"] == "3;128;128"
 
 
 def test_onnx_runtime_engine_options_use_every_core():
@@ -106,9 +126,11 @@ def test_deepstream_files_for_an_engine_come_from_the_model_metadata(exported, t
     assert labels.read_text().splitlines()[:2] == ["circle", "square"]
     text = config.read_text()
     for line in ["model-engine-file=m.engine", "network-mode=1", "int8-calib-file=cal.bin",
-                 "batch-size=4", "pre-cluster-threshold=0.3", "infer-dims=3;128;128",
-                 f"onnx-file={exported['result'].trt_onnx_path.resolve()}"]:
+                 "batch-size=4", "pre-cluster-threshold=0.3", "infer-dims=3;128;128"]:
         assert line in text.splitlines()
+    onnx_file = nvinfer_config(config)["onnx-file"]
+    assert onnx_file.startswith("../")
+    assert (tmp_path / onnx_file).resolve() == exported["result"].trt_onnx_path.resolve()
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +166,9 @@ def test_int8_onnx_runtime_model_quantises_the_network_only(shapes, tmp_path):
     images = next(calibration_batches(shapes["images"], (128, 128), 3, 1))
     fp32, int8 = run(shapes["onnx"], images), run(shapes["int8"], images)
     assert int8[0].min() > 0 and not np.array_equal(int8[2], fp32[2])
+    # DeepStream beside it builds fp32: ONNX Runtime's ranges are no TensorRT calibration.
+    config = nvinfer_config(shapes["int8"].parent / "nvinfer_config.txt")
+    assert config["network-mode"] == "0" and "int8-calib-file" not in config
     np.testing.assert_allclose(int8[2][:, :3], fp32[2][:, :3], atol=0.05)  # close, not equal
     # Decoding, top-k and NMS stay float: none of them reads a dequantised tensor.
     quantize_int8(shapes["onnx"].read_bytes(), tmp_path / "qdq.onnx", batches=None,

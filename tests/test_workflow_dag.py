@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.workflow_support import KEY, scheduled_jobs, snakemake, tiny_workflow
+from tests.workflow_support import KEY, copy_workflow, scheduled_jobs, snakemake, tiny_workflow
 
 ALL_RULES = {"demo_data": 1, "dataset_convert": 2, "train": 1, "evaluate": 1, "prune": 1,
-             "retrain": 1, "evaluate_retrain": 1, "export": 1, "gen_trt_engine": 1,
+             "retrain": 1, "evaluate_retrain": 1, "export": 1, "gen_ort_engine": 1,
              "sample_images": 1, "inference": 1, "report_assets": 1, "all": 1}
 AFTER_TRAIN = {"train": 1, "evaluate": 1, "prune": 1, "retrain": 1, "evaluate_retrain": 1,
-               "export": 1, "gen_trt_engine": 1, "inference": 1, "report_assets": 1, "all": 1}
+               "export": 1, "gen_ort_engine": 1, "inference": 1, "report_assets": 1, "all": 1}
 AFTER_PRUNE = {"prune": 1, "retrain": 1, "evaluate_retrain": 1, "export": 1,
-               "gen_trt_engine": 1, "inference": 1, "report_assets": 1, "all": 1}
+               "gen_ort_engine": 1, "inference": 1, "report_assets": 1, "all": 1}
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +70,28 @@ def test_end_to_end_run_builds_every_output_and_says_where(built):
     assert (demo / "report" / "summary.html").is_file()
     # Every rule logs under logs/demo/.
     logs = {p.name for p in (root / "logs" / "demo").iterdir()}
-    assert {"train.log", "prune.log", "retrain.log", "export.log", "gen_trt_engine_onnx.log",
+    assert {"train.log", "prune.log", "retrain.log", "export.log", "gen_ort_engine.log",
             "inference.log"} <= logs
     # The final message says where the results are.
     assert "effdet workflow finished" in output
     for path in ("results/demo/eval/metrics.json", "results/demo/retrain_eval/metrics.json",
                  "results/demo/prune/prune_report.json", "results/demo/inference/images"):
         assert path in output
+
+
+def test_the_engine_folder_has_deepstream_files_naming_exports_tensorrt_graph(built):
+    demo = built[0] / "results" / "demo"
+    engine = demo / "engine"
+    assert {p.name for p in engine.iterdir()} == {"model.onnx", "labels.txt",
+                                                  "nvinfer_config.txt"}
+    assert (engine / "labels.txt").read_text() == (demo / "export" / "labels.txt").read_text()
+    config = dict(line.split("=", 1) for line in
+                  (engine / "nvinfer_config.txt").read_text().splitlines() if "=" in line)
+    # Relative to the config's folder, where DeepStream resolves them.
+    assert config["onnx-file"] == "../export/model.trt.onnx"
+    assert (engine / config["onnx-file"]).is_file()
+    assert (engine / config["labelfile-path"]).is_file()
+    assert "model-engine-file" not in config  # DeepStream cannot load ONNX Runtime's model
 
 
 def test_the_key_appears_in_no_file_and_no_command(built):
@@ -101,7 +116,7 @@ def test_prune_setting_change_reruns_prune_and_downstream_only(state):
 
 def test_export_setting_change_reruns_export_and_downstream_only(state):
     edit_config(state, lambda demo: demo["export"].update(max_batch_size=2))
-    assert scheduled_jobs(state, "all") == {"export": 1, "gen_trt_engine": 1, "inference": 1,
+    assert scheduled_jobs(state, "all") == {"export": 1, "gen_ort_engine": 1, "inference": 1,
                                             "all": 1}
 
 
@@ -135,6 +150,16 @@ def test_targeted_rebuild_builds_only_what_the_file_needs(tmp_path):
         "demo_data": 1, "dataset_convert": 2, "train": 1, "prune": 1, "retrain": 1, "export": 1}
     assert scheduled_jobs(root, "results/demo/eval/metrics.json") == {
         "demo_data": 1, "dataset_convert": 2, "train": 1, "evaluate": 1}
+
+
+def test_gpu_engine_builds_a_tensorrt_engine_with_its_deepstream_files(tmp_path):
+    root = copy_workflow(tmp_path / "wf")
+    edit_config(root, lambda demo: demo.update(gpu_engine=True))
+    jobs = scheduled_jobs(root, "all")
+    assert jobs["gen_trt_engine"] == 1 and "gen_ort_engine" not in jobs
+    plan = snakemake(root, "-n", "results/demo/engine/model.engine").stdout
+    assert ("output: results/demo/engine/model.engine, results/demo/engine/labels.txt, "
+            "results/demo/engine/nvinfer_config.txt") in plan
 
 
 def test_report_has_metrics_curves_prune_report_and_images(state):

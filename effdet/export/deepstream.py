@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,11 +58,13 @@ def write_nvinfer_config(directory: Path, *, onnx_file: Path | None, image_size:
                          num_classes: int, data_type: str, batch_size: int,
                          score_threshold: float, engine_file: Path | None = None,
                          cal_cache_file: Path | None = None) -> Path:
-    """Write `directory`/nvinfer_config.txt; files are referenced relative to `directory`."""
+    """Write `directory`/nvinfer_config.txt; files are referenced relative to `directory`,
+    where DeepStream resolves them: the config stays valid wherever the results are moved or
+    checked out."""
     def relative(path: Path) -> str:
         try:
-            return str(path.resolve().relative_to(directory.resolve()))
-        except ValueError:
+            return os.path.relpath(path.resolve(), directory.resolve())
+        except ValueError:  # another drive
             return str(path.resolve())
 
     lines = [

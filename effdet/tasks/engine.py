@@ -10,6 +10,7 @@ Two kinds of engine, chosen by the engine file's suffix:
     max_batch_size), a workspace limit in GB (TAO's --max_workspace_size), fp16/int8 flags and
     an IInt8EntropyCalibrator2 fed by `calibration_batches` (the exported graph's own input
     preparation) that writes and reuses the calibration cache.
+Beside either go DeepStream's labels.txt and nvinfer_config.txt (`effdet.export.deepstream`).
 TensorRT and the CUDA bindings are imported only here, so the rest of effdet runs without them.
 """
 
@@ -34,6 +35,7 @@ log = logging.getLogger("effdet")
 
 DATA_TYPES = ("fp32", "fp16", "int8")
 ORT_ENGINE_SUFFIX = ".onnx"
+TRT_SUFFIX = ".trt.onnx"  # export's TensorRT graph, what TensorRT and DeepStream build from
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_WORKSPACE_GB = 2  # TAO's and tao_deploy's --max_workspace_size default
 
@@ -67,8 +69,8 @@ def gen_trt_engine(model_path: str | Path, key: str | None, engine_file: str | P
                    strict_type_constraints: bool = False) -> Path:
     """Build the engine for `model_path` into `engine_file`; returns `engine_file`.
 
-    Next to a TensorRT engine go DeepStream's labels.txt and nvinfer_config.txt, from the
-    labels and threshold export stored in the model's metadata.
+    Next to every engine go DeepStream's labels.txt and nvinfer_config.txt, from the labels
+    and threshold export stored in the model's metadata.
     """
     model_path, engine_file = Path(model_path), Path(engine_file)
     if engine_file.resolve() == model_path.resolve():
@@ -81,17 +83,30 @@ def gen_trt_engine(model_path: str | Path, key: str | None, engine_file: str | P
                  max_batch_size=max_batch_size, max_workspace_size=max_workspace_size,
                  min_batch_size=min_batch_size, opt_batch_size=opt_batch_size,
                  strict_type_constraints=strict_type_constraints)
-    if engine_file.suffix != ORT_ENGINE_SUFFIX:
-        write_engine_deepstream_files(onnx_bytes, engine_file, data_type=data_type,
-                                      batch_size=max_batch_size, cal_cache_file=cache,
-                                      onnx_file=model_path if model_path.suffix == ".onnx"
-                                      else None)
+    write_engine_deepstream_files(onnx_bytes, engine_file, data_type=data_type,
+                                  batch_size=max_batch_size, cal_cache_file=cache,
+                                  onnx_file=deepstream_onnx(model_path))
     return engine_file
+
+
+def deepstream_onnx(model_path: Path) -> Path | None:
+    """The ONNX DeepStream builds its engine from: the TensorRT graph export wrote beside the
+    model (`<stem>.trt.onnx`), else the model itself when it is an ONNX file."""
+    if model_path.name.endswith(TRT_SUFFIX):
+        return model_path
+    trt_graph = model_path.with_name(model_path.name.removesuffix(model_path.suffix)
+                                     + TRT_SUFFIX)
+    if trt_graph.is_file():
+        return trt_graph
+    return model_path if model_path.suffix == ".onnx" else None
 
 
 def write_engine_deepstream_files(onnx_bytes: bytes, engine_file: Path, *, data_type: str,
                                   batch_size: int, cal_cache_file: Path | None,
                                   onnx_file: Path | None) -> tuple[Path, Path] | None:
+    """labels.txt and nvinfer_config.txt beside `engine_file`. DeepStream runs TensorRT
+    engines only: beside ONNX Runtime's model the config names just the ONNX to build one
+    from, in fp32 for int8 (ONNX Runtime's calibration cache is no TensorRT table)."""
     from effdet.export import deepstream
     from effdet.export.onnx_graph import LABELS_KEY, MIN_SCORE_KEY, read_metadata
 
@@ -102,11 +117,14 @@ def write_engine_deepstream_files(onnx_bytes: bytes, engine_file: Path, *, data_
                     "no DeepStream files written")
         return None
     dims = model.graph.input[0].type.tensor_type.shape.dim
+    tensorrt = engine_file.suffix != ORT_ENGINE_SUFFIX
     return deepstream.write_deepstream_files(
         engine_file.parent, json.loads(metadata[LABELS_KEY]), onnx_file=onnx_file,
-        engine_file=engine_file, image_size=(dims[1].dim_value, dims[2].dim_value),
-        data_type=data_type, batch_size=batch_size,
-        score_threshold=float(metadata[MIN_SCORE_KEY]), cal_cache_file=cal_cache_file)
+        engine_file=engine_file if tensorrt else None,
+        image_size=(dims[1].dim_value, dims[2].dim_value),
+        data_type=data_type if tensorrt or data_type != "int8" else "fp32",
+        batch_size=batch_size, score_threshold=float(metadata[MIN_SCORE_KEY]),
+        cal_cache_file=cal_cache_file if tensorrt else None)
 
 
 def build_engine(onnx_bytes: bytes, engine_file: Path, *, data_type: str = "fp32",

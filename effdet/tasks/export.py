@@ -6,7 +6,8 @@ Written next to each other, from the output path's stem:
   * `<stem>.etlt`: the same ONNX bytes in TAO's .etlt layout, encrypted with the key;
   * `<stem>.trt.onnx`: the TensorRT graph with the EfficientNMS_TRT plugin
     (`effdet.export.trt_graph`), what TensorRT engines and DeepStream are built from;
-  * `labels.txt` and `nvinfer_config.txt` for DeepStream (`effdet.export.deepstream`);
+  * `labels.txt` and `nvinfer_config.txt` for DeepStream (`effdet.export.deepstream`), here
+    and beside the engine;
   * with `engine_file`, the engine (`effdet.tasks.engine`): ONNX Runtime's for a `.onnx`
     engine file, built from `<stem>.onnx`; TensorRT's otherwise, from `<stem>.trt.onnx`.
 Model files are never overwritten without `force`; the DeepStream files are regenerated.
@@ -27,11 +28,15 @@ from effdet.formats.etlt import write_etlt
 from effdet.model.saving import load_model
 from effdet.postprocess import NMS_IOU_THRESHOLD
 from effdet.spec import load_spec
-from effdet.tasks.engine import DEFAULT_WORKSPACE_GB, ORT_ENGINE_SUFFIX, build_engine
+from effdet.tasks.engine import (
+    DEFAULT_WORKSPACE_GB,
+    ORT_ENGINE_SUFFIX,
+    TRT_SUFFIX,
+    build_engine,
+    write_engine_deepstream_files,
+)
 
 log = logging.getLogger("effdet")
-
-TRT_SUFFIX = ".trt.onnx"
 
 
 @dataclass(frozen=True)
@@ -100,20 +105,20 @@ def export(model_path: str | Path, experiment_spec: str | Path, output_path: str
     atomic_write_bytes(trt_path, trt_bytes)
     log.info("wrote %s, %s and %s", onnx_path, etlt_path, trt_path)
 
+    cache = Path(cal_cache_file) if cal_cache_file else None
+    on_ort = engine_path is not None and engine_path.suffix == ORT_ENGINE_SUFFIX
     if engine_path is not None:
-        on_ort = engine_path.suffix == ORT_ENGINE_SUFFIX
         build_engine(onnx_bytes if on_ort else trt_bytes, engine_path, data_type=data_type,
                      cal_image_dir=Path(cal_image_dir) if cal_image_dir else None,
-                     cal_cache_file=Path(cal_cache_file) if cal_cache_file else None,
-                     batch_size=batch_size, batches=batches, max_batch_size=max_batch_size,
-                     max_workspace_size=max_workspace_size)
-    trt_engine = engine_path if engine_path and engine_path.suffix != ORT_ENGINE_SUFFIX else None
-    files = {}
-    for directory in {etlt_path.parent, *([trt_engine.parent] if trt_engine else [])}:
-        files[directory] = deepstream.write_deepstream_files(
-            directory, labels, onnx_file=trt_path, engine_file=trt_engine,
-            image_size=architecture.image_size, data_type=data_type, batch_size=max_batch_size,
-            score_threshold=eval_config.min_score_thresh,
-            cal_cache_file=Path(cal_cache_file) if cal_cache_file else None)
-    labels_path, config_path = files[etlt_path.parent]
+                     cal_cache_file=cache, batch_size=batch_size, batches=batches,
+                     max_batch_size=max_batch_size, max_workspace_size=max_workspace_size)
+    labels_path, config_path = deepstream.write_deepstream_files(
+        etlt_path.parent, labels, onnx_file=trt_path,
+        engine_file=engine_path if engine_path and not on_ort else None,
+        image_size=architecture.image_size, data_type=data_type, batch_size=max_batch_size,
+        score_threshold=eval_config.min_score_thresh, cal_cache_file=None if on_ort else cache)
+    if engine_path is not None:  # beside the engine too, as gen_trt_engine writes them
+        write_engine_deepstream_files(trt_bytes, engine_path, data_type=data_type,
+                                      batch_size=max_batch_size, cal_cache_file=cache,
+                                      onnx_file=trt_path)
     return ExportResult(onnx_path, etlt_path, trt_path, labels_path, config_path, engine_path)

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm import tqdm
 
+from effdet.annotate import draw_detections
 from effdet.data.images import MAX_IMAGE_PIXELS, open_image
 from effdet.errors import EffdetError
 from effdet.formats.atomic import remove_stale_temps, writing
@@ -40,11 +41,6 @@ from effdet.spec import load_spec
 log = logging.getLogger("effdet")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-# Distinct, saturated colours readable on photos; class id picks one (cycling).
-PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-           (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-           (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128))
 
 
 @dataclass(frozen=True)
@@ -239,28 +235,3 @@ def _write_outputs(item: _Loaded, found: Detections, names: Mapping[int, str],
 
 def _save_options(fmt: str | None) -> dict[str, int]:
     return {"quality": 95} if fmt == "JPEG" else {}
-
-
-def draw_detections(image: Image.Image, found: Detections, labels: Sequence[str]) -> Image.Image:
-    """A copy of `image` with each box outlined and tagged "name score" in its class colour."""
-    annotated = image.copy()
-    draw = ImageDraw.Draw(annotated)
-    font = ImageFont.load_default()
-    width = max(1, round(max(image.size) / 400))
-    for box, score, class_id, label in zip(found.boxes, found.scores, found.classes, labels):
-        colour = PALETTE[int(class_id) % len(PALETTE)]
-        x1, y1, x2, y2 = (float(v) for v in box)
-        draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
-        text = f"{label} {score:.2f}"
-        left, top, right, bottom = draw.textbbox((x1, y1), text, font=font)
-        # Above the box when there is room, else just inside its top edge.
-        shift = bottom - top + 2 if y1 - (bottom - top + 2) >= 0 else 0
-        draw.rectangle((left, top - shift, right + 2, bottom - shift + 2), fill=colour)
-        draw.text((x1 + 1, y1 - shift + 1), text, fill=_text_colour(colour), font=font)
-    return annotated
-
-
-def _text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Black on light class colours, white on dark ones (ITU-R BT.601 luma)."""
-    red, green, blue = background
-    return (0, 0, 0) if 0.299 * red + 0.587 * green + 0.114 * blue >= 128 else (255, 255, 255)
