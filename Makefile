@@ -6,13 +6,19 @@ STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: demo test install clean
 
-install: $(STAMP)
+# DVC's plots page with vega inline (offline), generated from the installed Snakemake's assets.
+PLOTS_TEMPLATE := .dvc/plots_template.html
+
+install: $(STAMP) $(if $(findstring workflow,$(EXTRAS)),$(PLOTS_TEMPLATE))
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
+
+$(PLOTS_TEMPLATE): $(STAMP) scripts/dvc_plots_template.py
+	$(PY) scripts/dvc_plots_template.py --out $@
 
 # The demo's documented key; use your own for real models (the key is never logged).
 EFFDET_KEY ?= effdet-demo-key
@@ -22,7 +28,7 @@ REPORT := results/report.html
 
 # The whole DAG on CPU (rules/*.smk), then the report, rewritten only when a result changed:
 # a second `make demo` runs no job.
-demo: $(STAMP)
+demo: install
 	$(SNAKEMAKE) --cores 2 all
 	@if [ ! -f $(REPORT) ] || [ -n "$$(find results -newer $(REPORT) -print -quit)" ]; then \
 		$(SNAKEMAKE) --report $(REPORT); fi
@@ -30,7 +36,7 @@ demo: $(STAMP)
 	@echo "metrics: results/demo/eval/metrics.json (trained), results/demo/retrain_eval/metrics.json (pruned + retrained)"
 	@echo "images:  results/demo/inference/images (labels: results/demo/inference/labels)"
 
-test: $(STAMP)
+test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
