@@ -11,7 +11,10 @@ PIP_PROGRESS := awk '!/^ *(Using cached|Downloading|Requirement already satisfie
 
 .PHONY: demo test install clean
 
-install: $(STAMP)
+# DVC's plots page with vega inline (offline), generated from the installed Snakemake's assets.
+PLOTS_TEMPLATE := .dvc/plots_template.html
+
+install: $(STAMP) $(if $(findstring workflow,$(EXTRAS)),$(PLOTS_TEMPLATE))
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +24,9 @@ $(STAMP): pyproject.toml
 		-e '.[$(EXTRAS)]' | $(PIP_PROGRESS)
 	touch $@
 
+$(PLOTS_TEMPLATE): $(STAMP) scripts/dvc_plots_template.py
+	$(PY) scripts/dvc_plots_template.py --out $@
+
 # The demo's documented key; use your own for real models (the key is never logged).
 EFFDET_KEY ?= effdet-demo-key
 export EFFDET_KEY
@@ -29,7 +35,7 @@ REPORT := results/report.html
 
 # The whole DAG on CPU (rules/*.smk), then the report, rewritten only when a result changed:
 # a second `make demo` runs no job.
-demo: $(STAMP)
+demo: install
 	$(SNAKEMAKE) --cores 2 all
 	@if [ ! -f $(REPORT) ] || [ -n "$$(find results -newer $(REPORT) -print -quit)" ]; then \
 		$(SNAKEMAKE) --report $(REPORT); fi
@@ -37,7 +43,7 @@ demo: $(STAMP)
 	@echo "metrics: results/demo/eval/metrics.json (trained), results/demo/retrain_eval/metrics.json (pruned + retrained)"
 	@echo "images:  results/demo/inference/images (labels: results/demo/inference/labels)"
 
-test: $(STAMP)
+test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:

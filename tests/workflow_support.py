@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 KEY = "workflow-test-key"
 WORKFLOW_FILES = ["Snakefile", "rules", "config", "profiles/default", "scripts", "report",
-                  "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
+                  "dvc.yaml", ".dvc/config", ".dvc/plots_template.html", ".dvc/.gitignore",
+                  ".dvcignore", ".gitignore"]
 
 
 def stub_bin() -> Path:
