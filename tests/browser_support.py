@@ -141,6 +141,27 @@ class Page:
                                f"{details.get('exception', {}).get('description', details)}")
         return result["result"].get("value")
 
+    def evaluate_in_frame(self, url_prefix: str, expression: str, timeout: float = 30) -> Any:
+        """`evaluate` inside the child frame whose URL starts with `url_prefix` (an iframe of
+        another origin, e.g. a data: URL, that the page's own scripts may not read)."""
+        deadline = time.monotonic() + timeout
+        while (frame := self._child_frame(url_prefix)) is None:
+            if time.monotonic() > deadline:
+                raise BrowserError(f"no frame loading {url_prefix[:40]}… within {timeout:.0f} s")
+            self.pump(0.2)
+        context = self.send("Page.createIsolatedWorld", frameId=frame,
+                            worldName="effdet-check")["executionContextId"]
+        result = self.send("Runtime.evaluate", timeout=timeout, expression=expression,
+                           contextId=context, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise BrowserError(f"{expression[:80]}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def _child_frame(self, url_prefix: str) -> str | None:
+        children = self.send("Page.getFrameTree")["frameTree"].get("childFrames", [])
+        return next((child["frame"]["id"] for child in children
+                     if child["frame"]["url"].startswith(url_prefix)), None)
+
     def wait_for(self, expression: str, timeout: float = 30) -> Any:
         """Poll a JavaScript expression until it is truthy; its value."""
         deadline = time.monotonic() + timeout

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.browser_support import browser, is_blank
 from tests.workflow_support import KEY, copy_workflow, scheduled_jobs, snakemake, tiny_workflow
 
 ALL_RULES = {"demo_data": 1, "dataset_convert": 2, "train": 1, "evaluate": 1, "prune": 1,
@@ -184,3 +185,55 @@ def test_report_has_metrics_curves_prune_report_and_images(state):
     assert len([n for n in names if n.endswith(".jpg")]) == 2
     html = by_name["report.html"][0].decode()
     assert "inference" in html and "pruning" in html
+
+
+def report_results(tab, suffix: str) -> list[str]:
+    return tab.evaluate(f"Object.keys(results).filter(p => p.endsWith({suffix!r})).sort()")
+
+
+def show(tab, content: str, path: str) -> None:
+    tab.evaluate(f"app.setView({{content: {content!r}, resultPath: {path!r},"
+                 f" contentPath: results[{path!r}].data_uri}})")
+
+
+def test_report_renders_in_chromium(state, tmp_path):
+    """The report as a person opens it: its tables, curves and images drawn, no console error."""
+    snakemake(state, "--report", "report.html")
+    with browser(1400, 1000) as tab:
+        tab.open((state / "report.html").as_uri())
+        # The start page: the rule graph, drawn by vega.
+        tab.wait_for("document.querySelectorAll('#app canvas, #app svg').length > 0", 60)
+        tab.evaluate("app.showCategory('demo')")
+        tab.wait_for("document.querySelector('#app').innerText.includes('summary')")
+        # The summary's metrics tables: trained and retrained side by side, then pruning.
+        [summary] = report_results(tab, "summary.html")
+        show(tab, "html", summary)
+        data_uri = tab.evaluate(f"results[{summary!r}].data_uri")
+        page = tab.evaluate_in_frame(data_uri[:200], """({
+            text: document.body.innerText,
+            rows: [...document.querySelectorAll('table tr')]
+                .map(r => [...r.children].map(c => c.innerText.trim())),
+        })""")
+        rows = page["rows"]
+        assert rows[0] == ["metric", "trained", "retrained (pruned)"], rows
+        ap = next(row for row in rows if row[:1] == ["AP"])
+        assert all(re.fullmatch(r"\d\.\d{4}", value) for value in ap[1:]), rows
+        assert "Prune report" in page["text"]
+        tab.pump(1)
+        summary_shot = tab.screenshot()
+        summary_shot.save(tmp_path / "report_summary.png")
+        assert not is_blank(summary_shot)
+        # The training curves and the annotated inference images, decoded by the browser.
+        images = report_results(tab, "training_curves.svg") + report_results(tab, ".jpg")
+        assert len(images) == 3, images
+        for path in images:
+            show(tab, "img", path)
+            size = tab.wait_for(
+                f"(() => {{ const img = document.querySelector('#app img[src=\"' +"
+                f" results[{path!r}].data_uri + '\"]');"
+                " return img && img.complete && img.naturalWidth > 0"
+                " && [img.naturalWidth, img.naturalHeight]; })()")
+            assert min(size) > 16, (path, size)
+            assert not is_blank(tab.screenshot()), path
+        assert tab.errors == []
+        assert tab.remote_requests() == []
