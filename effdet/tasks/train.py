@@ -46,6 +46,7 @@ from effdet.training.regularization import decayed_kernels, weight_decay
 from effdet.training.lock import model_dir_lock
 from effdet.training.reporting import TrainingLog
 from effdet.training.schedule import WarmupCosine
+from effdet.training.reproducible import fixed_graph_rewrites, use_one_executor_thread
 from effdet.training.strategy import (
     SummedGradientSGD, average_across_replicas, batch_norm_statistics, is_chief, make_strategy,
     sum_across_replicas,
@@ -128,6 +129,7 @@ class Trainer:
         self.training = config.training_config
         self.model_dir = model_dir
         self.key = key
+        use_one_executor_thread()  # before the strategy initialises TensorFlow
         self.strategy = make_strategy(gpus, gpu_index)
         self.chief = is_chief(self.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
@@ -304,7 +306,7 @@ class Trainer:
         previous_policy = keras.mixed_precision.global_policy()
         was_deterministic = tf_framework_config.is_op_determinism_enabled()
         try:
-            with self.exclusive_model_dir():
+            with self.exclusive_model_dir(), fixed_graph_rewrites():
                 return self._run()
         except KeyboardInterrupt:
             if self.reports is not None:
