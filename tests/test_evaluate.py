@@ -27,7 +27,15 @@ from effdet.model.variants import get_variant
 from effdet.spec import load_spec
 from effdet.spec.config import ModelConfig
 from effdet.detector import make_detector
-from effdet.tasks.evaluate import detection_rows, evaluate, run_detection, yxyx_to_xywh
+from effdet.data.records import read_examples
+from effdet.runtimes.base import letterbox
+from effdet.tasks.evaluate import (
+    decode_rgb,
+    detection_rows,
+    evaluate,
+    run_detection,
+    yxyx_to_xywh,
+)
 from tests.spec_support import complete
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +109,21 @@ def test_evaluate_writes_metrics_equal_to_pycocotools(workspace):
     expected = pycocotools_stats(workspace["val_json"], detections.rows, detections.image_ids)
     got = np.array([np.nan if written[n] is None else written[n] for n in METRIC_NAMES])
     np.testing.assert_allclose(got, expected, atol=1e-9)
+
+
+def test_exported_models_are_evaluated_on_the_pipelines_pixels(workspace):
+    """`evaluate` of an .onnx/.etlt prepares the validation images through the runtime; they
+    must be the pixels the .tlt's evaluation pipeline sees, or a model and its export score
+    differently (PIL's JPEG decoder differs from TensorFlow's by a few levels)."""
+    config = load_spec(workspace["spec"])
+    images, _ = next(iter(eval_dataset(config, batch_size=3, limit=3)))
+    examples = list(read_examples(config.dataset_config.validation_file_pattern))[:3]
+    decoded = [decode_rgb(example["image"], example["filename"]) for example in examples]
+    prepared = letterbox(decoded, (128, 128), (0.0, 0.0, 0.0), normalize=True).images
+    np.testing.assert_allclose(prepared, images.numpy(), atol=1e-5)
+    with pytest.raises(EffdetError, match=r"^x\.jpg: cannot decode the stored image \(jpeg") as error:
+        decode_rgb(b"\xff\xd8\xff\xe0 truncated", "x.jpg")
+    assert "\n" not in str(error.value) and "{{" not in str(error.value)
 
 
 def test_wrong_key_is_one_line_error(workspace):

@@ -1,7 +1,9 @@
 """Check an image file's integrity and give the bytes a record should carry.
 
-Kept byte for byte: 8-bit RGB JPEGs and 8-bit truecolour (RGB) PNGs, which every decoder
-(`tf.io.decode_image(channels=3)`, `decode_jpeg`, PIL) turns into the same RGB pixels.
+Kept byte for byte: 8-bit RGB JPEGs and 8-bit truecolour (RGB) PNGs, which decode to RGB
+without flags. Decoders need not agree on a JPEG's pixels (PIL 13's libjpeg and TensorFlow's
+differ by a few levels), so training and evaluation, also of exported models, decode with
+TensorFlow.
 Everything else (grayscale, CMYK, palette, alpha, 16-bit, other formats) is converted to
 RGB and re-encoded as lossless PNG: TensorFlow's JPEG decoder gets CMYK colours wrong and
 the other cases depend on decoder flags, while one rule for "what a record holds" keeps

@@ -15,10 +15,10 @@ the accuracy a deployed model has, and the .tlt's number must predict the engine
 from __future__ import annotations
 
 import dataclasses
-import io
 import itertools
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,6 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
 from effdet.coco_metrics import coco_metrics, format_metrics, json_ready
 from effdet.data.pipeline import data_errors, eval_dataset
@@ -107,11 +106,15 @@ def evaluate_deployed(model_path: Path, key: str | None,
 
 
 def decode_rgb(encoded: bytes, name: str) -> np.ndarray:
+    """RGB pixels as the evaluation pipeline decodes them (TensorFlow's decoder): PIL's
+    libjpeg build gives other pixels for the same JPEG (by up to 5 levels with Pillow 13),
+    and a model and its export must be evaluated on the same images."""
     try:
-        with Image.open(io.BytesIO(encoded)) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise EffdetError(f"{name}: cannot decode the stored image ({exc})") from None
+        return tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+    except tf.errors.InvalidArgumentError as exc:
+        # TensorFlow wraps the decoder's reason in the op's name and device.
+        reason = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", exc.message).strip() or "not an image"
+        raise EffdetError(f"{name}: cannot decode the stored image ({reason})") from None
 
 
 def evaluate_model(model: keras.Model, architecture: Architecture, config: ExperimentConfig, *,
