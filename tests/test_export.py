@@ -369,3 +369,30 @@ def test_nearest_upsampling_follows_automl_at_odd_sizes():
     session = ort.InferenceSession(onnx_graph.to_onnx(resize, ("resized",)).SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(session.run(None, {"image": features})[0], expected)
+
+
+def test_identity_reshapes_are_bypassed_and_the_others_kept():
+    """tf2onnx leaves or removes [B, C, 1, 1] -> [-1, C, 1, 1] Reshapes depending on memory
+    addresses; the exporter removes every such identity itself, and only those."""
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    targets = {"same": [-1, 4, 1, 1], "copy": [0, 0, 1, 1], "flat": [-1, 4]}
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "same"], ["a"]),
+         helper.make_node("Relu", ["a"], ["b"]),
+         helper.make_node("Reshape", ["b", "copy"], ["c"]),
+         helper.make_node("Reshape", ["c", "flat"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4, 1, 1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.array(v, np.int64), name) for name, v in targets.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", onnx_graph.OPSET)])
+    x = np.random.default_rng(0).normal(size=(3, 4, 1, 1)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+
+    onnx_graph.drop_identity_reshapes(model)
+
+    onnx.checker.check_model(model)
+    assert [(n.op_type, list(n.input)) for n in model.graph.node] == [
+        ("Relu", ["x"]), ("Reshape", ["b", "flat"])]
+    assert [t.name for t in model.graph.initializer] == ["flat"]
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(after, before)

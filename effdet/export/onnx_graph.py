@@ -142,9 +142,78 @@ def to_onnx(function: Callable[..., dict], output_names: tuple[str, ...],
     model.graph.output.extend(ordered)
     for value in [*model.graph.input, *model.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    drop_identity_reshapes(model)
     canonical_names(model)
     onnx.checker.check_model(model)
     return model
+
+
+def drop_identity_reshapes(model: onnx.ModelProto) -> None:
+    """Bypass the Reshapes whose output has their input's shape.
+
+    tf2onnx turns the transposes around the squeeze-excitation's [B, C, 1, 1] tensors into
+    such Reshapes and removes them, or not, depending on the order in which it visits sets of
+    its node objects, an order that follows their memory addresses: two exports of one model
+    in two processes differed by one of them. They also cut ONNX Runtime's NCHWc layout chains
+    (a reorder to NCHW and back around each).
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {value.name: [d.dim_value if d.HasField("dim_value") else None
+                           for d in value.type.tensor_type.shape.dim]
+              for value in [*inferred.graph.value_info, *inferred.graph.input]}
+    constants = {t.name: t for t in model.graph.initializer}
+    graph_outputs = {value.name for value in model.graph.output}
+    bypassed: dict[str, str] = {}
+    kept = []
+    for node in model.graph.node:
+        target = constants.get(node.input[1]) if node.op_type == "Reshape" else None
+        if (target is not None and node.output[0] not in graph_outputs
+                and _is_identity_reshape(shapes.get(node.input[0]),
+                                         onnx.numpy_helper.to_array(target).tolist(),
+                                         _allows_zero(node))):
+            bypassed[node.output[0]] = bypassed.get(node.input[0], node.input[0])
+            continue
+        kept.append(node)
+    if not bypassed:
+        return
+    for node in kept:
+        node.input[:] = [bypassed.get(name, name) for name in node.input]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    used = _inputs_of_all_graphs(model.graph)
+    unused = [t for t in model.graph.initializer if t.name not in used]
+    for tensor in unused:
+        model.graph.initializer.remove(tensor)
+    stale = [value for value in model.graph.value_info if value.name in bypassed]
+    for value in stale:
+        model.graph.value_info.remove(value)
+
+
+def _allows_zero(node: onnx.NodeProto) -> bool:
+    return any(a.name == "allowzero" and a.i for a in node.attribute)
+
+
+def _is_identity_reshape(shape: list[int | None] | None, target: list[int],
+                         allow_zero: bool) -> bool:
+    """Whether Reshape(input of `shape`, `target`) returns the input's shape: every target
+    dimension equals the (static) input one or copies it (0), and at most one is -1, which
+    then equals the remaining input dimension since the element count is kept."""
+    if not shape or len(shape) != len(target) or target.count(-1) > 1:
+        return False
+    return all(t == -1 or (t == 0 and not allow_zero) or (dim is not None and t == dim)
+               for dim, t in zip(shape, target))
+
+
+def _inputs_of_all_graphs(graph: onnx.GraphProto) -> set[str]:
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attribute in node.attribute:
+            subgraphs = ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH
+                         else list(attribute.graphs))
+            for subgraph in subgraphs:
+                names |= _inputs_of_all_graphs(subgraph)
+    return names
 
 
 def canonical_names(model: onnx.ModelProto) -> None:
