@@ -43,8 +43,12 @@ demo: install
 	@echo "metrics: results/demo/eval/metrics.json (trained), results/demo/retrain_eval/metrics.json (pruned + retrained)"
 	@echo "images:  results/demo/inference/images (labels: results/demo/inference/labels)"
 
+# Two workers, one test module each at a time (--dist loadfile keeps a module's trained
+# fixtures in one process): the suite is mostly single-threaded Python around short TF steps,
+# so two processes use a 2-core machine that one leaves half idle.
+PYTEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf results logs .snakemake
