@@ -48,7 +48,7 @@ demo: install
 # so two processes use a 2-core machine that one leaves half idle.
 PYTEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 clean:
 	rm -rf results logs .snakemake

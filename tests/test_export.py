@@ -371,6 +371,79 @@ def test_nearest_upsampling_follows_automl_at_odd_sizes():
     np.testing.assert_array_equal(session.run(None, {"image": features})[0], expected)
 
 
+def test_nearest_upsampling_at_2x_is_keras_upsampling():
+    """The BiFPN up-samples with NearestResize also where UpSampling2D would do: same pixels,
+    so models trained with UpSampling2D give the same outputs."""
+    from effdet.model.layers import NearestResize
+
+    features = np.random.default_rng(1).standard_normal((2, 4, 3, 5)).astype(np.float32)
+    np.testing.assert_array_equal(NearestResize(8, 6)(features),
+                                  keras.layers.UpSampling2D(2)(features))
+
+
+def test_onnx_runtime_graph_keeps_the_bifpn_in_conv_layout(exported):
+    """Up-sampling is one ONNX Resize (not tf.repeat's Tile/Reshape chains) and no fusion
+    weight is left as a scalar Mul; the TensorRT graph keeps its Muls."""
+    model = onnx.load(str(exported["result"].onnx_path))
+    ops = [node.op_type for node in model.graph.node]
+    assert "Tile" not in ops and ops.count("Resize") == 4  # P7 -> P3, one BiFPN cell
+    for node in model.graph.node:
+        if node.op_type == "Resize":
+            modes = {a.name: a.s for a in node.attribute}
+            assert modes["coordinate_transformation_mode"] == b"asymmetric"
+            assert modes["nearest_mode"] == b"floor"
+    constants = {t.name: t.dims for t in model.graph.initializer}
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert not [n for n in model.graph.node if n.op_type == "Mul"
+                and any(np.prod(constants.get(name, [0])) == 1 for name in n.input)
+                and any(producers.get(name) in onnx_graph.NCHW_PRODUCERS for name in n.input)]
+    depthwise = [n for n in model.graph.node if n.op_type == "Conv"
+                 and any(a.name == "group" and a.i > 1 for a in n.attribute)
+                 and all(d == 1 for d in constants[n.input[1]][1:])]
+    assert depthwise
+    trt = onnx.load(str(exported["result"].trt_onnx_path))
+    assert len([n for n in trt.graph.node if n.op_type == "Conv"]) == ops.count("Conv") - len(
+        depthwise)
+
+
+def test_scalar_scales_of_feature_maps_become_depthwise_convs():
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    rng = np.random.default_rng(2)
+    constants = {"w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+                 "half": np.array(0.5, np.float32), "third": np.array([1 / 3], np.float32),
+                 "per_channel": rng.normal(size=(1, 4, 1, 1)).astype(np.float32)}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+         helper.make_node("Mul", ["conv", "half"], ["a"]),
+         helper.make_node("MaxPool", ["conv"], ["pool"], kernel_shape=[1, 1]),
+         helper.make_node("Mul", ["third", "pool"], ["b"]),
+         helper.make_node("Mul", ["conv", "per_channel"], ["c"]),
+         helper.make_node("Sum", ["a", "b", "c"], ["s"]),
+         helper.make_node("Relu", ["s"], ["r"]),
+         helper.make_node("Mul", ["r", "half"], ["y"])],  # not an NCHW producer's output
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 3, 6, 5])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4, 6, 5])],
+        [numpy_helper.from_array(v, name) for name, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", onnx_graph.OPSET)])
+    x = rng.normal(size=(2, 3, 6, 5)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+
+    onnx_graph.scales_as_depthwise_convs(model)
+
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == [
+        "Conv", "Conv", "MaxPool", "Conv", "Mul", "Sum", "Relu", "Mul"]
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node, scale in [(model.graph.node[1], 0.5), (model.graph.node[3], 1 / 3)]:
+        assert {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute} == {
+            "group": 4, "kernel_shape": [1, 1]}
+        np.testing.assert_array_equal(weights[node.input[1]],
+                                      np.full((4, 1, 1, 1), scale, np.float32))
+    assert "third" not in weights and "half" in weights
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(after, before)
+
+
 def test_identity_reshapes_are_bypassed_and_the_others_kept():
     """tf2onnx leaves or removes [B, C, 1, 1] -> [-1, C, 1, 1] Reshapes depending on memory
     addresses; the exporter removes every such identity itself, and only those."""

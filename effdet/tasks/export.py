@@ -88,7 +88,7 @@ def export(model_path: str | Path, experiment_spec: str | Path, output_path: str
     max_detections = eval_config.max_detections_per_image
     detection = onnx_graph.to_onnx(
         onnx_graph.detection_function(loaded.model, architecture, max_detections=max_detections),
-        onnx_graph.OUTPUT_NAMES, opset)
+        onnx_graph.OUTPUT_NAMES, opset, onnx_runtime=True)
     head = onnx_graph.to_onnx(onnx_graph.head_function(loaded.model, architecture),
                               (onnx_graph.BOX_CODES, onnx_graph.CLASS_LOGITS), opset)
     trt = trt_graph.add_efficient_nms(
