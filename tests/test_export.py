@@ -371,27 +371,11 @@ def test_nearest_upsampling_follows_automl_at_odd_sizes():
     np.testing.assert_array_equal(session.run(None, {"image": features})[0], expected)
 
 
-def test_nearest_upsampling_at_2x_is_keras_upsampling():
-    """The BiFPN up-samples with NearestResize also where UpSampling2D would do: same pixels,
-    so models trained with UpSampling2D give the same outputs."""
-    from effdet.model.layers import NearestResize
-
-    features = np.random.default_rng(1).standard_normal((2, 4, 3, 5)).astype(np.float32)
-    np.testing.assert_array_equal(NearestResize(8, 6)(features),
-                                  keras.layers.UpSampling2D(2)(features))
-
-
 def test_onnx_runtime_graph_keeps_the_bifpn_in_conv_layout(exported):
-    """Up-sampling is one ONNX Resize (not tf.repeat's Tile/Reshape chains) and no fusion
-    weight is left as a scalar Mul; the TensorRT graph keeps its Muls."""
+    """No fusion weight on an NCHW map is left as a scalar Mul; the TensorRT graph keeps its
+    Muls."""
     model = onnx.load(str(exported["result"].onnx_path))
     ops = [node.op_type for node in model.graph.node]
-    assert "Tile" not in ops and ops.count("Resize") == 4  # P7 -> P3, one BiFPN cell
-    for node in model.graph.node:
-        if node.op_type == "Resize":
-            modes = {a.name: a.s for a in node.attribute}
-            assert modes["coordinate_transformation_mode"] == b"asymmetric"
-            assert modes["nearest_mode"] == b"floor"
     constants = {t.name: t.dims for t in model.graph.initializer}
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     assert not [n for n in model.graph.node if n.op_type == "Mul"

@@ -59,10 +59,9 @@ def _resample(x: keras.KerasTensor, target_hw: tuple[int, int], prefix: str,
         stride = (height - 1) // target_hw[0] + 1
         return layers.MaxPooling2D(stride + 1, stride, padding="same",
                                    name=f.named(f"{prefix}_pool"))(x)
-    # Also at exact 2x multiples, where UpSampling2D picks the same pixels: keras implements
-    # it with tf.repeat, which tf2onnx turns into Tile and Reshape chains in NHWC (each
-    # wrapped in transposes), where a resize is one ONNX Resize that ONNX Runtime keeps in its
-    # blocked layout.
+    if target_hw[0] % height == 0 and target_hw[1] % width == 0:
+        return layers.UpSampling2D((target_hw[0] // height, target_hw[1] // width),
+                                   interpolation="nearest", name=f.named(f"{prefix}_up"))(x)
     return NearestResize(*target_hw, name=f.named(f"{prefix}_up"))(x)
 
 

@@ -164,7 +164,7 @@ class FastNormalizedFusion(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="effdet")
 class NearestResize(layers.Layer):
-    """Nearest-neighbour resize to a fixed size: the BiFPN's up-sampling.
+    """Nearest-neighbour resize to a fixed size, for levels whose sizes are not exact 2x multiples.
 
     automl and TAO use `tf.compat.v1.image.resize_nearest_neighbor` (source pixel
     floor(dst * in / out), no half-pixel centres); keras' resize centres pixels and would pick
@@ -178,10 +178,9 @@ class NearestResize(layers.Layer):
         self.width = width
 
     def call(self, inputs) -> keras.KerasTensor:
-        # The op tf.compat.v1's resize_nearest_neighbor runs, without its deprecation warning.
-        resized = tf.raw_ops.ResizeNearestNeighbor(
-            images=tf.cast(inputs, tf.float32), size=(self.height, self.width),
-            align_corners=False, half_pixel_centers=False)
+        resized = tf.compat.v1.image.resize_nearest_neighbor(
+            tf.cast(inputs, tf.float32), (self.height, self.width), align_corners=False,
+            half_pixel_centers=False)
         return tf.cast(resized, inputs.dtype)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
