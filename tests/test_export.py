@@ -428,6 +428,47 @@ def test_scalar_scales_of_feature_maps_become_depthwise_convs():
     np.testing.assert_array_equal(after, before)
 
 
+def test_input_normalisation_runs_after_the_transpose_to_nchw():
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    rng = np.random.default_rng(3)
+    constants = {"mean": np.array([120.0, 110.0, 100.0], np.float32),
+                 "std": np.array([60.0, 55.0, 58.0], np.float32),
+                 "w": rng.normal(size=(4, 3, 3, 3)).astype(np.float32)}
+    graph = helper.make_graph(
+        [helper.make_node("Sub", ["image", "mean"], ["centred"]),
+         helper.make_node("Div", ["centred", "std"], ["normalised"]),
+         helper.make_node("Transpose", ["normalised"], ["nchw"], perm=[0, 3, 1, 2]),
+         helper.make_node("Conv", ["nchw", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "g", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["batch", 6, 5, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4, 6, 5])],
+        [numpy_helper.from_array(v, name) for name, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", onnx_graph.OPSET)])
+    image = rng.uniform(0, 255, size=(2, 6, 5, 3)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"image": image})[0]
+
+    onnx_graph.normalize_after_transpose(model)
+
+    onnx.checker.check_model(model)
+    assert [(n.op_type, n.input[0]) for n in model.graph.node] == [
+        ("Transpose", "image"), ("Sub", "nchw/nchw"), ("Div", "centred"), ("Conv", "nchw")]
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert set(weights) == {"mean/nchw", "std/nchw", "w"}
+    np.testing.assert_array_equal(weights["std/nchw"], constants["std"].reshape(3, 1, 1))
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"image": image})[0]
+    np.testing.assert_array_equal(after, before)
+
+
+def test_onnx_runtime_graph_normalises_after_the_transpose(exported):
+    """The ONNX Runtime graph's input goes straight into the transpose to NCHW; the TensorRT
+    graph keeps tf2onnx's order."""
+    def input_consumers(path):
+        model = onnx.load(str(path))
+        return [n.op_type for n in model.graph.node if onnx_graph.INPUT_NAME in n.input]
+
+    assert input_consumers(exported["result"].onnx_path) == ["Transpose"]
+    assert input_consumers(exported["result"].trt_onnx_path) == ["Sub"]
+
+
 def test_identity_reshapes_are_bypassed_and_the_others_kept():
     """tf2onnx leaves or removes [B, C, 1, 1] -> [-1, C, 1, 1] Reshapes depending on memory
     addresses; the exporter removes every such identity itself, and only those."""

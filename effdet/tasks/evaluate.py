@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from effdet.coco_metrics import coco_metrics, format_metrics, json_ready
 from effdet.data.pipeline import data_errors, eval_dataset
-from effdet.detector import make_detector
+from effdet.detector import DetectFunction, make_detector
 from effdet.errors import EffdetError
 from effdet.formats.atomic import atomic_write_bytes
 from effdet.model.saving import Architecture, load_model
@@ -117,19 +117,33 @@ def decode_rgb(encoded: bytes, name: str) -> np.ndarray:
         raise EffdetError(f"{name}: cannot decode the stored image ({reason})") from None
 
 
+def evaluation_detector(model: keras.Model, architecture: Architecture,
+                        config: ExperimentConfig) -> DetectFunction:
+    """The compiled detector `evaluate_model` runs: the spec's max detections, no score floor.
+
+    Build it once to evaluate one model repeatedly, as training does every eval_epoch_cycle:
+    each new detector traced the network and NMS again (a sixth of a tiny training run).
+    """
+    return make_detector(model, architecture,
+                         max_detections=config.eval_config.max_detections_per_image,
+                         min_score=METRIC_MIN_SCORE)
+
+
 def evaluate_model(model: keras.Model, architecture: Architecture, config: ExperimentConfig, *,
-                   dataset: tf.data.Dataset | None = None) -> dict[str, Any]:
+                   dataset: tf.data.Dataset | None = None,
+                   detect: DetectFunction | None = None) -> dict[str, Any]:
     """COCO metrics of an in-memory model (e.g. the EMA model during training), logged as a table.
 
     `dataset` replaces the validation pipeline: (images, meta) batches as `eval_dataset`
-    yields them. Returns the twelve COCO numbers, "per_class_AP" and "num_images".
+    yields them; `detect`, the model's `evaluation_detector`, saves tracing it again.
+    Returns the twelve COCO numbers, "per_class_AP" and "num_images".
     """
     config = _with_model_geometry(config, architecture)
     if dataset is None:
         dataset = eval_dataset(config, batch_size=config.eval_config.eval_batch_size,
                                limit=config.eval_config.eval_samples)
     detections = run_detection(model, architecture, dataset,
-                               max_detections=config.eval_config.max_detections_per_image)
+                               detect=detect or evaluation_detector(model, architecture, config))
     if not detections.image_ids:
         raise EffdetError(f"{config.dataset_config.validation_file_pattern}: no validation images "
                           "to evaluate")
@@ -141,11 +155,14 @@ def evaluate_model(model: keras.Model, architecture: Architecture, config: Exper
 
 
 def run_detection(model: keras.Model, architecture: Architecture, dataset: Iterable[Any], *,
-                  max_detections: int = 100,
-                  min_score: float = METRIC_MIN_SCORE) -> Detections:
-    """Run the model over (images, meta) batches; detections as COCO rows in original pixels."""
-    detect = make_detector(model, architecture, max_detections=max_detections,
-                           min_score=min_score)
+                  max_detections: int = 100, min_score: float = METRIC_MIN_SCORE,
+                  detect: DetectFunction | None = None) -> Detections:
+    """Run the model over (images, meta) batches; detections as COCO rows in original pixels.
+
+    `detect`: the model's compiled detector if one exists (then the limits are its own).
+    """
+    detect = detect or make_detector(model, architecture, max_detections=max_detections,
+                                     min_score=min_score)
     rows, image_ids = [], []
     with data_errors():
         for images, meta in dataset:

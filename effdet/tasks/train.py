@@ -26,6 +26,7 @@ from tensorflow.python.framework import config as tf_framework_config
 
 from effdet.anchors import anchors_for
 from effdet.data.pipeline import data_errors, train_dataset
+from effdet.detector import DetectFunction
 from effdet.errors import EffdetError
 from effdet.coco_metrics import json_ready
 from effdet.formats.atomic import atomic_write_bytes, remove_stale_temps
@@ -137,6 +138,7 @@ class Trainer:
         self.steps = Steps.of(config)
         self.variant = variant or get_variant(config.model_config.model_name)
         self.eval_skip_reported = False
+        self.detect: DetectFunction | None = None  # built at the first evaluation, then reused
         self.reports: TrainingLog | None = None
 
     # --- set-up -----------------------------------------------------------------------------
@@ -501,10 +503,12 @@ class Trainer:
                             "validation_json_file ('%s') is missing", dataset.validation_json_file)
                 self.eval_skip_reported = True
             return
-        from effdet.tasks.evaluate import evaluate_model
+        from effdet.tasks.evaluate import evaluation_detector, evaluate_model
 
+        if self.detect is None:
+            self.detect = evaluation_detector(self.model, self.arch, self.config)
         with self.ema_weights():
-            metrics = evaluate_model(self.model, self.arch, self.config)
+            metrics = evaluate_model(self.model, self.arch, self.config, detect=self.detect)
         self.reports.evaluation(step, metrics)
         # Written last: its presence marks the evaluation as recorded (see evaluation_due).
         atomic_write_bytes(self.metrics_file(epoch), json.dumps(json_ready(metrics),
