@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -467,6 +468,28 @@ def test_onnx_runtime_graph_normalises_after_the_transpose(exported):
 
     assert input_consumers(exported["result"].onnx_path) == ["Transpose"]
     assert input_consumers(exported["result"].trt_onnx_path) == ["Sub"]
+
+
+def test_conversion_does_not_follow_memory_addresses(monkeypatch):
+    """tf2onnx iterates sets of its graph nodes, hashed by memory address, which differs from
+    process to process: with random node hashes standing in for addresses, the export must
+    still give the same bytes."""
+    import tf2onnx
+
+    architecture = tiny_architecture()
+    head = onnx_graph.head_function(architecture.build(), architecture)
+    outputs = (onnx_graph.BOX_CODES, onnx_graph.CLASS_LOGITS)
+    onnx_graph.to_onnx(head, outputs)  # traces `head`: later conversions reuse that trace
+
+    def export(seed: int) -> str:
+        rng = random.Random(seed)
+        hashes: dict[int, int] = {}
+        monkeypatch.setattr(tf2onnx.graph.Node, "__hash__",
+                            lambda node: hashes.setdefault(id(node), rng.getrandbits(60)))
+        return hashlib.sha256(onnx_graph.to_onnx(head, outputs).SerializeToString()).hexdigest()
+
+    digests = {export(seed) for seed in range(4)}
+    assert len(digests) == 1, digests
 
 
 def test_identity_reshapes_are_bypassed_and_the_others_kept():

@@ -20,8 +20,11 @@ runtimes apply the user's threshold (eval_config.min_score_thresh) afterwards. P
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
+from typing import Any
+from unittest import mock
 
 import keras
 import numpy as np
@@ -136,8 +139,9 @@ def to_onnx(function: Callable[..., dict], output_names: tuple[str, ...],
     # nodes in the order of those names: a second export in one process otherwise optimises
     # the graph differently (as a fresh process would not).
     tf2onnx.utils.INTERNAL_NAME = 1
-    model, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature,
-                                             opset=opset)
+    with mock.patch.object(tf2onnx.graph.Node, "__hash__", _creation_order_hash()):
+        model, _ = tf2onnx.convert.from_function(
+            function, input_signature=function.input_signature, opset=opset)
     by_name = {o.name: o for o in model.graph.output}
     ordered = [by_name[name] for name in output_names]
     del model.graph.output[:]
@@ -151,6 +155,24 @@ def to_onnx(function: Callable[..., dict], output_names: tuple[str, ...],
     canonical_names(model)
     onnx.checker.check_model(model)
     return model
+
+
+def _creation_order_hash() -> Callable[[Any], int]:
+    """A hash for tf2onnx's graph nodes that numbers them in the order they are first hashed.
+
+    tf2onnx keeps nodes in sets, whose order follows the hash, by default the object's memory
+    address, and some of its passes act in that order: two exports of one model in two
+    processes gave different graphs (e.g. a transpose kept after a Tile, or folded into a
+    Reshape before it). Numbers handed out in program order are the same in every process.
+    """
+    numbers = itertools.count()
+
+    def node_hash(node: Any) -> int:
+        if "_effdet_hash" not in node.__dict__:
+            node.__dict__["_effdet_hash"] = next(numbers)
+        return node.__dict__["_effdet_hash"]
+
+    return node_hash
 
 
 def drop_identity_reshapes(model: onnx.ModelProto) -> None:
