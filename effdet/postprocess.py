@@ -24,13 +24,18 @@ EMPTY_LOGIT = -1e9
 
 def flatten_outputs(class_outputs: Sequence[tf.Tensor], box_outputs: Sequence[tf.Tensor],
                     num_classes: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Per-level head outputs -> class logits [B, N, C] and box codes [B, N, 4], anchor order."""
-    batch = tf.shape(class_outputs[0])[0]
-    logits = tf.concat([tf.reshape(tf.cast(c, tf.float32), [batch, -1, num_classes])
-                        for c in class_outputs], axis=1)
-    codes = tf.concat([tf.reshape(tf.cast(b, tf.float32), [batch, -1, 4]) for b in box_outputs],
-                      axis=1)
-    return logits, codes
+    """Per-level head outputs -> class logits [B, N, C] and box codes [B, N, 4], anchor order.
+
+    N is static when the levels' sizes are: the reshapes then need no shape of their input at
+    run time, and code after them can size its top-k by N.
+    """
+    def rows(output: tf.Tensor, width: int) -> tf.Tensor:
+        pairs = output.shape[1:].num_elements()
+        shape = [-1, pairs // width, width] if pairs else [tf.shape(output)[0], -1, width]
+        return tf.reshape(tf.cast(output, tf.float32), shape)
+
+    return (tf.concat([rows(c, num_classes) for c in class_outputs], axis=1),
+            tf.concat([rows(b, 4) for b in box_outputs], axis=1))
 
 
 def decode_clipped(codes: tf.Tensor, anchors: Anchors) -> tf.Tensor:
@@ -40,14 +45,19 @@ def decode_clipped(codes: tf.Tensor, anchors: Anchors) -> tf.Tensor:
     return tf.clip_by_value(boxes, 0.0, tf.constant([height, width, height, width], tf.float32))
 
 
+def empty_boxes(boxes: tf.Tensor) -> tf.Tensor:
+    """[B, N] true where the box [B, N, 4] has no area."""
+    return (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])
+
+
 def mask_empty(logits: tf.Tensor, boxes: tf.Tensor) -> tf.Tensor:
     """Logits [B, N, C] with anchors whose box [B, N, 4] has no area set to EMPTY_LOGIT.
 
     Such boxes lie outside the network input (clipped to its edge): dropped before top-k and
     NMS, they can neither take a detection slot nor suppress a real box.
     """
-    empty = (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])
-    return tf.where(empty[..., None], tf.constant(EMPTY_LOGIT, logits.dtype), logits)
+    return tf.where(empty_boxes(boxes)[..., None], tf.constant(EMPTY_LOGIT, logits.dtype),
+                    logits)
 
 
 def _drop_empty(boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor,

@@ -19,7 +19,7 @@ from effdet.data.preprocess import MEAN_RGB
 from effdet.data.synthetic import make_dataset
 from effdet.errors import EffdetError
 from effdet.export import onnx_graph
-from effdet.export.quantize import postprocess_nodes, quantize_int8
+from effdet.export.quantize import postprocess_nodes, preprocess_nodes, quantize_int8
 from effdet.model.saving import save_model
 from effdet.runtimes.ort_options import ERRORS_ONLY, session_options
 from effdet.tasks import engine
@@ -180,6 +180,11 @@ def test_int8_onnx_runtime_model_quantises_the_network_only(shapes, tmp_path):
             if node.op_type in ("TopK", "NonMaxSuppression", "Exp", "GatherND", "Sigmoid")
             and node.name in postprocess_nodes(qdq)]
     assert post and not any(set(node.input) & dequantised for node in post)
+    # So does the input's normalisation: the first convolution's input is quantised once.
+    pre = [node for node in qdq.graph.node if node.name in preprocess_nodes(qdq)]
+    assert {"Sub", "Mul", "Transpose"} <= {node.op_type for node in pre}
+    assert [node.op_type for node in pre].count("QuantizeLinear") == 1
+    assert not any(set(node.input) & dequantised for node in pre)
 
 
 def test_int8_cache_is_reused_without_images_and_evaluate_runs(shapes, tmp_path):

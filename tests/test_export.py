@@ -372,11 +372,30 @@ def test_nearest_upsampling_follows_automl_at_odd_sizes():
     np.testing.assert_array_equal(session.run(None, {"image": features})[0], expected)
 
 
+def test_nearest_upsampling_trains_by_repeating_the_same_pixels():
+    """At exact multiples training repeats rows and columns (XLA can differentiate that),
+    inference resizes: the same pixels either way."""
+    from effdet.model.layers import NearestResize
+
+    features = np.random.default_rng(1).standard_normal((2, 4, 3, 5)).astype(np.float32)
+    layer = NearestResize(8, 6)
+    np.testing.assert_array_equal(layer(features, training=True),
+                                  layer(features, training=False))
+    np.testing.assert_array_equal(layer(features, training=True),
+                                  keras.layers.UpSampling2D(2)(features))
+
+
 def test_onnx_runtime_graph_keeps_the_bifpn_in_conv_layout(exported):
-    """No fusion weight on an NCHW map is left as a scalar Mul; the TensorRT graph keeps its
-    Muls."""
+    """Up-sampling is one ONNX Resize (not tf.repeat's Tile/Reshape chains) and no fusion
+    weight on an NCHW map is left as a scalar Mul; the TensorRT graph keeps its Muls."""
     model = onnx.load(str(exported["result"].onnx_path))
     ops = [node.op_type for node in model.graph.node]
+    assert "Tile" not in ops and ops.count("Resize") == 4  # P7 -> P3, one BiFPN cell
+    for node in model.graph.node:
+        if node.op_type == "Resize":
+            modes = {a.name: a.s for a in node.attribute}
+            assert modes["coordinate_transformation_mode"] == b"asymmetric"
+            assert modes["nearest_mode"] == b"floor"
     constants = {t.name: t.dims for t in model.graph.initializer}
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     assert not [n for n in model.graph.node if n.op_type == "Mul"
@@ -429,7 +448,7 @@ def test_scalar_scales_of_feature_maps_become_depthwise_convs():
     np.testing.assert_array_equal(after, before)
 
 
-def test_input_normalisation_runs_after_the_transpose_to_nchw():
+def test_input_normalisation_runs_on_whole_rows():
     helper, numpy_helper = onnx.helper, onnx.numpy_helper
     rng = np.random.default_rng(3)
     constants = {"mean": np.array([120.0, 110.0, 100.0], np.float32),
@@ -447,27 +466,54 @@ def test_input_normalisation_runs_after_the_transpose_to_nchw():
     image = rng.uniform(0, 255, size=(2, 6, 5, 3)).astype(np.float32)
     before = ort.InferenceSession(model.SerializeToString()).run(None, {"image": image})[0]
 
-    onnx_graph.normalize_after_transpose(model)
+    onnx_graph.normalize_in_rows(model)
 
     onnx.checker.check_model(model)
-    assert [(n.op_type, n.input[0]) for n in model.graph.node] == [
-        ("Transpose", "image"), ("Sub", "nchw/nchw"), ("Div", "centred"), ("Conv", "nchw")]
+    assert [n.op_type for n in model.graph.node] == [
+        "Reshape", "Sub", "Div", "Reshape", "Transpose", "Conv"]
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    assert set(weights) == {"mean/nchw", "std/nchw", "w"}
-    np.testing.assert_array_equal(weights["std/nchw"], constants["std"].reshape(3, 1, 1))
+    np.testing.assert_array_equal(weights["std/rows"], np.tile(constants["std"], 5))
+    assert "std" not in weights and "mean" not in weights
     after = ort.InferenceSession(model.SerializeToString()).run(None, {"image": image})[0]
     np.testing.assert_array_equal(after, before)
 
 
-def test_onnx_runtime_graph_normalises_after_the_transpose(exported):
-    """The ONNX Runtime graph's input goes straight into the transpose to NCHW; the TensorRT
-    graph keeps tf2onnx's order."""
+def test_onnx_runtime_graph_normalises_whole_rows(exported):
+    """The ONNX Runtime graph's input goes into a reshape to rows, whose normalisation comes
+    before the transpose to NCHW; the TensorRT graph keeps tf2onnx's order."""
     def input_consumers(path):
         model = onnx.load(str(path))
         return [n.op_type for n in model.graph.node if onnx_graph.INPUT_NAME in n.input]
 
-    assert input_consumers(exported["result"].onnx_path) == ["Transpose"]
+    assert input_consumers(exported["result"].onnx_path) == ["Reshape"]
     assert input_consumers(exported["result"].trt_onnx_path) == ["Sub"]
+
+
+def test_top_pairs_select_what_postprocess_selects():
+    """The k best (anchor, class) logits of anchors with boxes, among anchors that often have
+    several high classes, with k below and above the number of anchors."""
+    rng = np.random.default_rng(4)
+    batch, anchors, classes = 2, 300, 6
+    logits = rng.normal(size=(batch, anchors, classes)).astype(np.float32)
+    logits[:, ::3] += 2.0  # every third anchor's classes all rank high
+    # Box i is [i, i, i + 1, i + 1], every seventh one empty: a candidate names its anchor.
+    ids = np.arange(anchors, dtype=np.float32)
+    boxes = np.stack([ids, ids, ids + 1, ids + 1], axis=1)
+    boxes[::7, 2] = boxes[::7, 0]
+    boxes = np.broadcast_to(boxes, (batch, anchors, 4)).copy()
+    empty = boxes[..., 2] <= boxes[..., 0]
+    for k in (200, 1000):
+        got_boxes, got_scores = (t.numpy() for t in onnx_graph.top_pairs(
+            tf.constant(logits), tf.constant(boxes), k))
+        for b in range(batch):
+            masked = np.where(empty[b, :, None], EMPTY_LOGIT, logits[b]).ravel()
+            sigmoid = tf.sigmoid(masked).numpy()
+            expected = {(int(i) // classes, int(i) % classes, sigmoid[i])
+                        for i in np.argsort(-masked)[:k] if masked[i] > EMPTY_LOGIT}
+            candidate, cls = np.nonzero(got_scores[b])
+            got = {(int(got_boxes[b, c, 0]), int(j), got_scores[b, c, j])
+                   for c, j in zip(candidate, cls)}
+            assert len(got) == len(candidate) and got == expected, k
 
 
 def test_conversion_does_not_follow_memory_addresses(monkeypatch):

@@ -59,9 +59,6 @@ def _resample(x: keras.KerasTensor, target_hw: tuple[int, int], prefix: str,
         stride = (height - 1) // target_hw[0] + 1
         return layers.MaxPooling2D(stride + 1, stride, padding="same",
                                    name=f.named(f"{prefix}_pool"))(x)
-    if target_hw[0] % height == 0 and target_hw[1] % width == 0:
-        return layers.UpSampling2D((target_hw[0] // height, target_hw[1] // width),
-                                   interpolation="nearest", name=f.named(f"{prefix}_up"))(x)
     return NearestResize(*target_hw, name=f.named(f"{prefix}_up"))(x)
 
 

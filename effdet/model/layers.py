@@ -164,12 +164,17 @@ class FastNormalizedFusion(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="effdet")
 class NearestResize(layers.Layer):
-    """Nearest-neighbour resize to a fixed size, for levels whose sizes are not exact 2x multiples.
+    """Nearest-neighbour resize to a fixed size: the BiFPN's up-sampling.
 
     automl and TAO use `tf.compat.v1.image.resize_nearest_neighbor` (source pixel
     floor(dst * in / out), no half-pixel centres); keras' resize centres pixels and would pick
     other rows at sizes that are not multiples of 128, so converted weights would not give
     automl's outputs there.
+
+    Training at exact integer multiples repeats rows and columns instead, the same pixels:
+    the resize's gradient (ResizeNearestNeighborGrad) does not compile under XLA. Inference
+    keeps the resize, which exports as one ONNX Resize that ONNX Runtime runs in its blocked
+    layout (tf.repeat becomes Tile and Reshape chains in NHWC).
     """
 
     def __init__(self, height: int, width: int, **kwargs) -> None:
@@ -177,7 +182,11 @@ class NearestResize(layers.Layer):
         self.height = height
         self.width = width
 
-    def call(self, inputs) -> keras.KerasTensor:
+    def call(self, inputs, training=None) -> keras.KerasTensor:
+        rows, columns = inputs.shape[1], inputs.shape[2]
+        if training and self.height % rows == 0 and self.width % columns == 0:
+            repeated = ops.repeat(inputs, self.height // rows, axis=1)
+            return ops.repeat(repeated, self.width // columns, axis=2)
         resized = tf.compat.v1.image.resize_nearest_neighbor(
             tf.cast(inputs, tf.float32), (self.height, self.width), align_corners=False,
             half_pixel_centers=False)

@@ -22,8 +22,8 @@ from effdet.model.layers import FastNormalizedFusion, NearestResize
 
 # Layers whose output channels are their input's channels, one to one.
 CHANNELWISE = (layers.BatchNormalization, layers.DepthwiseConv2D, layers.Activation,
-               layers.Dropout, layers.MaxPooling2D, layers.UpSampling2D,
-               layers.GlobalAveragePooling2D, NearestResize)
+               layers.Dropout, layers.MaxPooling2D, layers.GlobalAveragePooling2D,
+               NearestResize)
 MERGES = (layers.Add, layers.Multiply, FastNormalizedFusion)
 PRODUCERS = (layers.Conv2D, layers.SeparableConv2D)
 
