@@ -122,17 +122,32 @@ def prune_flags(wildcards):
     return flags
 
 
+# The engines' calibration caches: TensorRT's, and ONNX Runtime's JSON ranges.
+TRT_CACHE, ORT_CACHE = "calibration.bin", "calibration.json"
+
+
 def engine_flags(wildcards):
-    """TensorRT's precision and batch flags (ONNX Runtime's engine runs fp32 whatever the
-    export precision, so gen_ort_engine passes none)."""
+    """TensorRT's precision and batch flags, and for int8 its calibration."""
     export = EXPERIMENTS[wildcards.exp]["export"]
-    flags = f"--data_type {export['data_type']} --max_batch_size {export['max_batch_size']}"
-    if int8_engine(wildcards):
-        # A fresh calibration for every new model: the cache is removed before the job.
-        flags += (f" --cal_image_dir {raw_images(wildcards)}"
-                  f" --cal_cache_file results/{wildcards.exp}/engine/calibration.bin"
-                  f" --batch_size {export['cal_batch_size']} --batches {export['cal_batches']}")
-    return flags
+    return (f"--data_type {export['data_type']} --max_batch_size {export['max_batch_size']}"
+            + calibration_flags(wildcards, TRT_CACHE))
+
+
+def ort_engine_flags(wildcards):
+    """ONNX Runtime's precision: int8 calibrated as TensorRT's is (fp16 builds fp32, with a
+    warning in the log)."""
+    export = EXPERIMENTS[wildcards.exp]["export"]
+    return f"--data_type {export['data_type']}" + calibration_flags(wildcards, ORT_CACHE)
+
+
+def calibration_flags(wildcards, cache):
+    if not int8_engine(wildcards):
+        return ""
+    export = EXPERIMENTS[wildcards.exp]["export"]
+    # A fresh calibration for every new model: the cache is removed before the job.
+    return (f" --cal_image_dir {raw_images(wildcards)}"
+            f" --cal_cache_file results/{wildcards.exp}/engine/{cache}"
+            f" --batch_size {export['cal_batch_size']} --batches {export['cal_batches']}")
 
 
 def int8_engine(wildcards):
@@ -144,10 +159,14 @@ def calibration_images(wildcards):
     return raw_images(wildcards) if int8_engine(wildcards) else []
 
 
-def engine_cleanup(wildcards):
-    if int8_engine(wildcards):
-        return f"rm -f results/{wildcards.exp}/engine/calibration.bin && "
-    return ""
+def cache_cleanup(cache):
+    """The shell prefix that removes an int8 engine's stale calibration cache."""
+    def cleanup(wildcards):
+        if int8_engine(wildcards):
+            return f"rm -f results/{wildcards.exp}/engine/{cache} && "
+        return ""
+
+    return cleanup
 
 
 def inference_flags(wildcards):

@@ -37,10 +37,14 @@ rule gen_ort_engine:
     input:
         model="results/{exp}/export/model.onnx",
         trt_onnx="results/{exp}/export/model.trt.onnx",
+        calibration=calibration_images,
     output:
         engine="results/{exp}/engine/model.onnx",
         labels="results/{exp}/engine/labels.txt",
         nvinfer="results/{exp}/engine/nvinfer_config.txt",
+    params:
+        flags=ort_engine_flags,
+        cleanup=cache_cleanup(ORT_CACHE),
     log:
         "logs/{exp}/gen_ort_engine.log",
     threads: 2
@@ -48,7 +52,8 @@ rule gen_ort_engine:
         mem_mb=4000,
         runtime=60,
     shell:
-        "effdet gen_trt_engine -m {input.model} --engine_file {output.engine}"
+        "{params.cleanup}effdet gen_trt_engine -m {input.model} --engine_file {output.engine}"
+        " {params.flags}"
         " --log_file {log} 2>> {log}"
 
 
@@ -62,7 +67,7 @@ rule gen_trt_engine:
         nvinfer="results/{exp}/engine/nvinfer_config.txt",
     params:
         flags=engine_flags,
-        cleanup=engine_cleanup,
+        cleanup=cache_cleanup(TRT_CACHE),
     log:
         "logs/{exp}/gen_trt_engine.log",
     threads: 2

@@ -163,6 +163,21 @@ def test_gpu_engine_builds_a_tensorrt_engine_with_its_deepstream_files(tmp_path)
             "results/demo/engine/nvinfer_config.txt") in plan
 
 
+def test_int8_on_cpu_builds_a_calibrated_onnx_runtime_model(tmp_path):
+    """export.data_type int8 without a GPU: ONNX Runtime's int8 model, calibrated on the raw
+    images as TensorRT's engine is, its stale cache removed first."""
+    root = copy_workflow(tmp_path / "wf")
+    edit_config(root, lambda demo: demo["export"].update(data_type="int8", cal_batch_size=4,
+                                                         cal_batches=2))
+    plan = snakemake(root, "-n", "-p", "results/demo/engine/model.onnx").stdout
+    command = next(line for line in plan.splitlines() if "--engine_file" in line)
+    assert "rm -f results/demo/engine/calibration.json && effdet gen_trt_engine" in command
+    for flag in ("--data_type int8", "--cal_image_dir results/demo/raw/images",
+                 "--cal_cache_file results/demo/engine/calibration.json", "--batch_size 4",
+                 "--batches 2"):
+        assert flag in command, (flag, command)
+
+
 def test_report_has_metrics_curves_prune_report_and_images(state):
     snakemake(state, "--report", "report.zip")
     with zipfile.ZipFile(state / "report.zip") as archive:
