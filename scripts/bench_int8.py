@@ -80,7 +80,7 @@ def compare(name: str, work: Path, spec: Path, cal_dir: Path) -> dict[str, float
         start = time.perf_counter()
         train(spec, work / "train", KEY)
         print(f"{name}: trained D0 in {time.perf_counter() - start:.0f} s", flush=True)
-    exported = export(model, spec, work / "model.etlt", KEY)
+    exported = export(model, spec, work / "model.etlt", KEY, force=True)  # reruns re-export
     fp32 = gen_trt_engine(exported.onnx_path, None, work / "model.fp32.onnx")
     cache = work / "calibration.json"
     cache.unlink(missing_ok=True)

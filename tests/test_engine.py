@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -189,12 +190,20 @@ def test_int8_onnx_runtime_model_quantises_the_network_only(shapes, tmp_path):
 
 def test_int8_cache_is_reused_without_images_and_evaluate_runs(shapes, tmp_path):
     written = shapes["cache"].read_bytes()
+    assert json.loads(written)["calibration_method"]["value"] == "CalibrationMethod.Entropy"
     again = gen_trt_engine(shapes["onnx"], None, tmp_path / "b.onnx", data_type="int8",
                            cal_cache_file=shapes["cache"])
     assert shapes["cache"].read_bytes() == written
+    # The caches of ONNX Runtime's min/max calibration, which earlier builds wrote, still load.
+    minmax = tmp_path / "minmax.json"
+    minmax.write_text(written.decode().replace("CalibrationMethod.Entropy",
+                                               "CalibrationMethod.MinMax"))
+    older = gen_trt_engine(shapes["onnx"], None, tmp_path / "c.onnx", data_type="int8",
+                           cal_cache_file=minmax)
     images = np.random.default_rng(6).uniform(0, 255, (2, 128, 128, 3)).astype(np.float32)
-    for got, expected in zip(run(again, images), run(shapes["int8"], images)):
-        np.testing.assert_array_equal(got, expected)
+    for model in (again, older):
+        for got, expected in zip(run(model, images), run(shapes["int8"], images)):
+            np.testing.assert_array_equal(got, expected)
     metrics = evaluate(shapes["spec"], again, None, output_dir=tmp_path / "eval")
     assert metrics["num_images"] == 2 and np.isfinite(metrics["AP"])
     assert (tmp_path / "eval" / "metrics.json").exists()

@@ -1,8 +1,9 @@
 """int8 ONNX Runtime models: static QDQ quantisation of the network part of an exported graph.
 
-The CPU counterpart of TensorRT's int8 build: activation ranges (min/max) come from
-calibration batches prepared as the graph expects, or from a calibration cache (ONNX Runtime's
-JSON tensor ranges, written on the first build and read instead of the images on later ones).
+The CPU counterpart of TensorRT's int8 build: activation ranges come from TensorRT's entropy
+calibration (`entropy_calibration`) on batches prepared as the graph expects, or from a
+calibration cache (ONNX Runtime's JSON tensor ranges, written on the first build and read
+instead of the images on later ones; caches of ONNX Runtime's own min/max calibration still load).
 Only the network is quantised: the input's normalisation before it and what consumes the
 prediction convolutions' outputs (flattening, candidate top-k, box decoding against the anchors,
 clipping, NMS) stay float, so the boxes are exactly the decoding of the int8 network's outputs.
@@ -21,13 +22,15 @@ import json
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
 from effdet.errors import EffdetError
+from effdet.export.entropy_calibration import entropy_ranges
 from effdet.export.onnx_graph import INPUT_NAME
-from effdet.runtimes.ort_options import quiet_onnxruntime
+from effdet.runtimes.ort_options import quiet_onnxruntime, session_options
 
 NETWORK_OPS = ("Conv",)
 REDUCE_RANGE = True
@@ -75,34 +78,60 @@ def preprocess_nodes(model: onnx.ModelProto) -> set[str]:
     return before
 
 
+def calibrated_tensors(model: onnx.ModelProto, excluded: set[str]) -> list[str]:
+    """The float activations the quantiser may ask a range for: every non-constant float input
+    and output of the nodes it quantises (those not `excluded`)."""
+    floats = {value.name for value in [*model.graph.value_info, *model.graph.input,
+                                       *model.graph.output]
+              if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    constants = {tensor.name for tensor in model.graph.initializer}
+    names = {name for node in model.graph.node if node.name not in excluded
+             for name in [*node.input, *node.output]}
+    return sorted((names & floats) - constants)
+
+
+def tensor_runner(model: onnx.ModelProto,
+                  names: list[str]) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """`run(batch)`: the float model's `names` tensors on `batch`."""
+    import onnxruntime
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {value.name for value in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name)
+                              for name in names if name not in outputs)
+    session = onnxruntime.InferenceSession(probe.SerializeToString(), session_options(),
+                                           providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(names, {INPUT_NAME: batch})
+
+
+def write_cache(ranges: dict[str, tuple[float, float]], cache_file: Path) -> None:
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        TensorData,
+        TensorsData,
+        save_tensors_data,
+    )
+
+    save_tensors_data(TensorsData(CalibrationMethod.Entropy, {
+        name: TensorData(lowest=np.float32(low), highest=np.float32(high))
+        for name, (low, high) in ranges.items()}), cache_file)
+
+
 def quantize_int8(onnx_bytes: bytes, output: Path, *,
                   batches: Callable[[], Iterator[np.ndarray]] | None, cache_file: Path) -> None:
     """Write the QDQ int8 model of `onnx_bytes` to `output`.
 
-    Ranges are read from `cache_file` when it exists, otherwise measured on `batches()` and
-    written to it (atomically, by ONNX Runtime).
+    Ranges are read from `cache_file` when it exists, otherwise calibrated on `batches()` and
+    written to it (atomically, by ONNX Runtime's cache writer).
     """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
 
-    class Reader(CalibrationDataReader):
-        def __init__(self, source: Iterator[np.ndarray]) -> None:
-            self._batches = source
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._batches, None)
-            return None if batch is None else {INPUT_NAME: batch}
-
-    quiet_onnxruntime()  # the quantiser opens its own calibration sessions
-    cached = cache_file.exists()
-    if cached:
-        check_cache(cache_file)
+    quiet_onnxruntime()  # the quantiser opens its own sessions
+    if cache_file.exists():
+        method = check_cache(cache_file)
+    elif batches is None:
+        raise EffdetError(f"{cache_file}: no calibration cache yet, and no images to make it")
     original = onnx.load_from_string(onnx_bytes)
     with tempfile.TemporaryDirectory(prefix="effdet-int8-") as folder:
         exported, prepared = Path(folder) / "exported.onnx", Path(folder) / "prepared.onnx"
@@ -113,12 +142,16 @@ def quantize_int8(onnx_bytes: bytes, output: Path, *,
         quant_pre_process(str(exported), str(prepared), skip_symbolic_shape=True)
         prepared_model = onnx.load(prepared)
         excluded = postprocess_nodes(prepared_model) | preprocess_nodes(prepared_model)
+        if not cache_file.exists():
+            names = calibrated_tensors(prepared_model, excluded)
+            write_cache(entropy_ranges(tensor_runner(prepared_model, names), names, batches),
+                        cache_file)
+            method = check_cache(cache_file)
         quantize_static(
-            str(prepared), str(output),
-            None if cached or batches is None else Reader(batches()),
+            str(prepared), str(output), None,
             quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=REDUCE_RANGE,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=sorted(excluded), calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=sorted(excluded), calibrate_method=method,
             calibration_cache_path=str(cache_file))
     quantized = onnx.load(output)
     del quantized.metadata_props[:]
@@ -126,11 +159,20 @@ def quantize_int8(onnx_bytes: bytes, output: Path, *,
     onnx.save(quantized, output)
 
 
-def check_cache(cache_file: Path) -> None:
+def check_cache(cache_file: Path) -> Any:
+    """The calibration method `cache_file` was made with (the quantiser insists on it)."""
+    from onnxruntime.quantization import CalibrationMethod
+
     try:
         ranges = json.loads(cache_file.read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         ranges = None
-    if not isinstance(ranges, dict) or not isinstance(ranges.get("data"), dict):
+    if isinstance(ranges, dict) and isinstance(ranges.get("data"), dict) \
+            and isinstance(ranges.get("calibration_method"), dict):
+        name = str(ranges["calibration_method"].get("value", "")).rpartition(".")[2]
+    else:
+        name = None
+    if name not in CalibrationMethod.__members__:
         raise EffdetError(f"{cache_file}: not an ONNX Runtime calibration cache (JSON tensor "
                           "ranges); a TensorRT cache serves TensorRT engines only")
+    return CalibrationMethod[name]
