@@ -32,7 +32,7 @@ def _xlogx(values: np.ndarray) -> np.ndarray:
 
 
 def kl_divergences(histogram: np.ndarray, quantized_bins: int = QUANTIZED_BINS) -> np.ndarray:
-    """KL divergence of each candidate clipping, keeping the first `quantized_bins` ... all bins.
+    """KL divergence of each candidate clipping of `histogram`, from the narrowest to none.
 
     Entry k is the candidate that keeps `quantized_bins + k` bins: the reference P is those bins
     with every count beyond added to the last one; Q merges them into `quantized_bins` levels of
@@ -59,10 +59,10 @@ def kl_divergences(histogram: np.ndarray, quantized_bins: int = QUANTIZED_BINS) 
     for width in np.unique(merged):
         edges = np.arange(quantized_bins) * width
         level_counts = np.diff(cumulative[edges])
-        level_nonzero = np.diff(cumulative_nonzero[edges])
+        filled = level_counts > 0
+        level_nonzero = np.diff(cumulative_nonzero[edges])[filled]
         inner_levels[width] = float(np.sum(
-            level_counts[level_counts > 0]
-            * np.log(level_counts[level_counts > 0] / level_nonzero[level_counts > 0])))
+            level_counts[filled] * np.log(level_counts[filled] / level_nonzero)))
     inner = np.array([inner_levels[width] for width in merged])
 
     last_start = (quantized_bins - 1) * merged
